@@ -1,0 +1,1 @@
+"""Serving VictorianGPT: the Gradio Space and a Text Generation Inference-protocol server."""

@@ -1,0 +1,1 @@
+"""Training VictorianGPT: PG19 data pipeline and the accelerate loop."""

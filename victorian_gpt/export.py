@@ -1,0 +1,40 @@
+"""Write a model folder that anyone can load from the Hub: safetensors weights, config with `auto_map`, the
+remote-code files, tokenizer and generation_config.json. The folder appears whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .tokenization import save_tokenizer
+
+
+def save_model_folder(model, tokenizer, output_dir: str | os.PathLike, extra_files: dict[str, bytes] | None = None):
+    """Save `model` + `tokenizer` (+ `extra_files`, name -> bytes) into `output_dir`, replacing it atomically.
+
+    Written into a temporary sibling first and renamed into place, so a crash never leaves a half-written export.
+    """
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer.model_max_length > model.config.n_positions:
+            tokenizer.model_max_length = model.config.n_positions
+        save_tokenizer(tokenizer, tmp)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            output_dir.rename(old)
+            tmp.rename(output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
