@@ -74,5 +74,6 @@ def run_isolated(code: str, cwd: Path, env: dict | None = None, timeout: int = 3
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PYTHONPATH", None)
     return subprocess.run(
-        [sys.executable, "-c", prelude + code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", prelude + code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )

@@ -38,6 +38,7 @@ class VictorianGPTAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.is_residual_projection = True  # scaled at init, see _init_weights
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -70,6 +71,7 @@ class VictorianGPTMLP(nn.Module):
         inner = config.n_inner or 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, inner)
         self.c_proj = nn.Linear(inner, config.n_embd)
+        self.c_proj.is_residual_projection = True
         self.approximate = "tanh" if config.activation_function == "gelu_new" else "none"
         self.dropout = nn.Dropout(config.resid_pdrop)
 
@@ -105,9 +107,16 @@ class VictorianGPTPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     def _init_weights(self, module):
-        """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer).
+
+        Two residual branches per block add up over depth; shrinking their output projections keeps the residual
+        stream's variance independent of depth (GPT-2 paper, section 2.3). The flag sits on the Linear itself:
+        transformers skips parameter-less container modules when initialising remote code.
+        """
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -116,10 +125,6 @@ class VictorianGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        # Two residual branches per block add up over depth; shrink their output projections to keep the stream's
-        # variance independent of depth (GPT-2 paper, section 2.3).
-        if isinstance(module, (VictorianGPTAttention, VictorianGPTMLP)):
-            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
 
 def _attention_mask_for_sdpa(attention_mask, batch_size, query_len, past_len, device):

@@ -1,0 +1,232 @@
+"""Behaviour of VictorianGPTConfig / VictorianGPTForCausalLM: shapes, loss, causality, cache, padding, saving."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+
+from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM, VictorianGPTModel
+
+torch.set_num_threads(2)
+
+
+def make_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = VictorianGPTConfig.from_preset(
+        "tiny", **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **overrides}
+    )
+    return VictorianGPTForCausalLM(config).eval()
+
+
+def random_ids(batch, length, vocab=512, seed=1):
+    return torch.randint(2, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_outputs():
+    model = make_model()
+    ids = random_ids(3, 17)
+    out = model(ids, output_hidden_states=True)
+    assert out.logits.shape == (3, 17, 512)
+    assert isinstance(out.past_key_values, DynamicCache)
+    assert out.past_key_values.get_seq_length() == 17
+    assert len(out.hidden_states) == model.config.n_layer + 1
+    assert out.hidden_states[0].shape == (3, 17, 64)
+    base = model.transformer(ids, use_cache=False)
+    assert base.last_hidden_state.shape == (3, 17, 64) and base.past_key_values is None
+    assert model(ids, logits_to_keep=1).logits.shape == (3, 1, 512)
+    assert isinstance(model(ids, return_dict=False), tuple)
+
+
+def test_loss_equals_hand_computed_cross_entropy():
+    model = make_model()
+    ids = random_ids(2, 12)
+    labels = ids.clone()
+    labels[0, 5] = -100  # ignored target
+    out = model(ids, labels=labels)
+    logits = out.logits
+    nll, count = 0.0, 0
+    for b in range(2):
+        for t in range(11):
+            target = labels[b, t + 1].item()
+            if target == -100:
+                continue
+            nll += -torch.log_softmax(logits[b, t].double(), dim=-1)[target].item()
+            count += 1
+    assert count == 21
+    assert out.loss.item() == pytest.approx(nll / count, rel=1e-5)
+    # `num_items_in_batch` turns the mean into a sum over that count (gradient accumulation).
+    summed = model(ids, labels=labels, num_items_in_batch=42).loss
+    assert summed.item() == pytest.approx(nll / 42, rel=1e-5)
+
+
+def test_causality_later_tokens_do_not_change_earlier_logits():
+    model = make_model()
+    ids = random_ids(1, 20)
+    changed = ids.clone()
+    changed[0, 12:] = (changed[0, 12:] + 7) % 512
+    a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-6)
+    assert (a[:, 12:] - b[:, 12:]).abs().max() > 1e-3
+
+
+def test_cached_and_uncached_decoding_agree():
+    model = make_model()
+    prompt = random_ids(1, 9)
+    cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True, repetition_penalty=1.0,
+                            output_logits=True, return_dict_in_generate=True)
+    uncached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False, repetition_penalty=1.0,
+                              output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.logits, uncached.logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    # and by hand: prefill, then one token at a time through the Cache API, against full recomputation
+    cache = DynamicCache(config=model.config)
+    seq = cached.sequences[0]
+    model(seq[None, :9], past_key_values=cache)
+    for t in range(9, seq.numel()):
+        step = model(seq[None, t : t + 1], past_key_values=cache).logits[0, -1]
+        full = model(seq[None, : t + 1], use_cache=False).logits[0, -1]
+        torch.testing.assert_close(step, full, rtol=0, atol=1e-5)
+
+
+def test_multi_token_extension_of_a_cache_is_causal():
+    model = make_model()
+    ids = random_ids(1, 16)
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :10], past_key_values=cache)
+    chunk = model(ids[:, 10:], past_key_values=cache).logits
+    full = model(ids, use_cache=False).logits[:, 10:]
+    torch.testing.assert_close(chunk, full, rtol=0, atol=1e-5)
+
+
+def test_left_padded_batch_generates_what_each_prompt_does_alone():
+    model = make_model()
+    prompts = [random_ids(1, n, seed=n)[0] for n in (4, 11, 7)]
+    longest = max(p.numel() for p in prompts)
+    pad = model.config.pad_token_id
+    ids = torch.full((3, longest), pad)
+    mask = torch.zeros((3, longest), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, longest - p.numel():] = p
+        mask[i, longest - p.numel():] = 1
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, repetition_penalty=1.0,
+                             eos_token_id=None)
+    for i, p in enumerate(prompts):
+        alone = model.generate(p[None], max_new_tokens=12, do_sample=False, repetition_penalty=1.0,
+                               eos_token_id=None)
+        assert torch.equal(batched[i, longest:], alone[0, p.numel():]), f"prompt {i} differs when batched"
+    # the padded forward pass gives the same logits at real positions as the unpadded one
+    logits = model(ids, attention_mask=mask).logits
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(logits[i, longest - p.numel():], model(p[None]).logits[0], rtol=0, atol=1e-5)
+        assert torch.isfinite(logits[i]).all()
+
+
+def test_generation_defaults_are_used_unless_overridden():
+    model = make_model()
+    gc = model.generation_config
+    assert (gc.do_sample, gc.temperature, gc.top_k, gc.top_p, gc.repetition_penalty) == (True, 1.3, 50, 0.95, 1.2)
+    assert (gc.bos_token_id, gc.eos_token_id, gc.pad_token_id) == (0, 0, 1)
+    prompt = random_ids(1, 5)
+    torch.manual_seed(3)
+    a = model.generate(prompt, max_new_tokens=15)
+    torch.manual_seed(4)
+    b = model.generate(prompt, max_new_tokens=15)
+    assert not torch.equal(a, b), "default generation should sample"
+    g1 = model.generate(prompt, max_new_tokens=15, do_sample=False)
+    g2 = model.generate(prompt, max_new_tokens=15, do_sample=False)
+    assert torch.equal(g1, g2)
+
+
+def test_tied_embeddings_and_gpt2_initialisation():
+    model = make_model(n_layer=8, n_embd=128, n_head=4)
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    std = model.config.initializer_range
+    block = model.transformer.h[0]
+    assert block.attn.c_attn.weight.std().item() == pytest.approx(std, rel=0.05)
+    residual_std = std / (2 * model.config.n_layer) ** 0.5
+    assert block.attn.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
+    assert block.mlp.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
+    assert torch.all(block.ln_1.weight == 1) and torch.all(block.attn.c_attn.bias == 0)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path, caplog):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt")) for f in files)
+    assert {"configuration_victorian_gpt.py", "modeling_victorian_gpt.py"} <= set(files)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    with caplog.at_level(logging.WARNING):
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert "newly initialized" not in caplog.text and "MISSING" not in caplog.text
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    ids = random_ids(2, 30)
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert loaded.generation_config.temperature == 1.3
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VictorianGPTConfig)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = make_model().train()
+    ids = random_ids(2, 16)
+    model(ids, labels=ids).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert all(block.gradient_checkpointing for block in model.transformer.h)
+    model(ids, labels=ids).loss.backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_is_active_only_in_training():
+    model = make_model(resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2)
+    ids = random_ids(1, 16)
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_sequence_longer_than_context_is_refused():
+    model = make_model()
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        model(random_ids(1, 129))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_embd=100, n_head=3), "divisible by `n_head`"),
+        (dict(n_layer=0), "`n_layer` must be a positive integer"),
+        (dict(vocab_size=-5), "`vocab_size` must be a positive integer"),
+        (dict(n_positions=12.5), "`n_positions` must be a positive integer"),
+        (dict(resid_pdrop=1.0), r"`resid_pdrop` must be in \[0, 1\)"),
+        (dict(attn_pdrop=-0.1), r"`attn_pdrop` must be in \[0, 1\)"),
+        (dict(activation_function="relu"), "activation_function"),
+        (dict(layer_norm_epsilon=0), "layer_norm_epsilon"),
+    ],
+)
+def test_config_validation(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        VictorianGPTConfig(**overrides)
+
+
+def test_presets_and_attribute_map():
+    big = VictorianGPTConfig.from_preset("gpt2-124m")
+    assert (big.num_hidden_layers, big.hidden_size, big.num_attention_heads, big.max_position_embeddings) == (
+        12, 768, 12, 2048)
+    assert big.vocab_size == 50304 and big.vocab_size % 64 == 0 and big.resid_pdrop == 0.2 and big.tie_word_embeddings
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in VictorianGPTForCausalLM(big).parameters())
+    assert 120e6 < n_params < 130e6  # "about 124M"
+    with pytest.raises(ValueError, match="Unknown model preset"):
+        VictorianGPTConfig.from_preset("gpt2-xxl")
+    base = VictorianGPTModel(VictorianGPTConfig.from_preset("tiny"))
+    assert base.get_input_embeddings().weight.shape == (512, 64)
