@@ -77,3 +77,52 @@ def run_isolated(code: str, cwd: Path, env: dict | None = None, timeout: int = 3
         [sys.executable, "-c", prelude + code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+# Measured-looking figures the Hub-card tests look for verbatim in the card; not produced by a model.
+HUB_EXPORT_EVAL = {
+    "validation": {"loss": 5.4321, "perplexity": 228.6912, "bits_per_byte": 2.1234, "tokens": 12345, "bytes": 54321},
+    "test": {"loss": 5.5012, "perplexity": 245.0317, "bits_per_byte": 2.2046, "tokens": 23456, "bytes": 98765},
+}
+
+
+def complete_export_for_hub(folder: Path, evaluation: dict | None = None) -> Path:
+    """Finish an export folder as training does: training_summary.json (schema of the training/Hub contract) and
+    loss_curve.png. `evaluation` defaults to HUB_EXPORT_EVAL; pass {} for a run that measured nothing."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = {
+        "model_preset": "tiny",
+        "model_config": json.loads((folder / "config.json").read_text()),
+        "training_config": {"model_preset": "tiny", "block_size": 128, "learning_rate": 3e-4, "max_steps": 40},
+        "dataset": "emozilla/pg19",
+        "dataset_splits": {"train": "train", "validation": "validation", "test": "test"},
+        "books_seen": 3, "tokens_seen": 163840, "steps": 40, "tokens_per_step": 4096,
+        "micro_batch_size": 8, "gradient_accumulation_steps": 2, "num_processes": 2,
+        "learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_steps": 4, "weight_decay": 0.01, "max_grad_norm": 1.0,
+        "mixed_precision": "no", "hardware": "CPU (2 cores)", "wall_time_s": 3723.4,
+        "eval": HUB_EXPORT_EVAL if evaluation is None else evaluation,
+        "loss_curve": "loss_curve.png",
+        "transformers_version": "5.23.0", "torch_version": "2.13.0", "victorian_gpt_version": "0.1.0",
+    }
+    (folder / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([6.2, 5.9, 5.6, 5.4], label="train")
+    fig.savefig(folder / "loss_curve.png", dpi=40)
+    plt.close(fig)
+    return folder
+
+
+@pytest.fixture()
+def hub_export(tmp_path, tiny_export) -> Path:
+    """A copy of `tiny_export` completed as training completes it: training_summary.json + loss_curve.png."""
+    import shutil
+
+    folder = tmp_path / "tiny-victorian-gpt"
+    shutil.copytree(tiny_export, folder)
+    return complete_export_for_hub(folder)

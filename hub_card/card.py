@@ -1,0 +1,270 @@
+"""The model card: `README.md` of a Hub repo, built from what an export folder holds.
+
+Every figure in the card is read from the folder: the architecture from `config.json`, the parameter count from
+the safetensors headers, the sampling defaults from `generation_config.json`, training facts and evaluation from
+`training_summary.json` (written by training). Nothing is typed twice and nothing is invented: a run that measured
+no evaluation gets no `model-index` results.
+
+    victorian-gpt card EXPORT_DIR [--repo-id USER/NAME] [--revision COMMIT] [--license apache-2.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import struct
+import sys
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+SUMMARY_FILE = "training_summary.json"
+# What `victorian_gpt.export.save_model_folder` writes; weights are either one file or an index plus shards.
+REQUIRED_FILES = (
+    "config.json",
+    "configuration_victorian_gpt.py",
+    "modeling_victorian_gpt.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+)
+WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PAPER_URL = "https://arxiv.org/abs/1911.05507"
+# Model-index metrics: perplexity and bits per byte, as the issue asks (loss appears in the card's table).
+MODEL_INDEX_METRICS = {"perplexity": "Perplexity", "bits_per_byte": "Bits per byte"}
+# Generation settings worth showing (the rest of generation_config.json is token ids and versions).
+GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "max_length")
+
+
+class ExportError(ValueError):
+    """The export folder cannot be described or published (a file is missing or unreadable)."""
+
+
+def missing_files(export_dir: Path) -> list[str]:
+    """Files an export must hold that `export_dir` lacks (weights count as present when single or sharded)."""
+    missing = [name for name in REQUIRED_FILES if not (export_dir / name).is_file()]
+    if not (export_dir / WEIGHTS_FILE).is_file() and not (export_dir / WEIGHTS_INDEX).is_file():
+        missing.append(WEIGHTS_FILE)
+    return missing
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{path} not found") from None
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path} is not valid JSON: {error}") from None
+
+
+def count_parameters(export_dir: Path) -> int:
+    """Number of stored parameters, read from the safetensors headers without loading a tensor.
+
+    A safetensors file starts with an 8-byte little-endian header length and a JSON header of tensor shapes.
+    Tied weights are stored once, so this is the model's unique parameter count.
+    """
+    if (export_dir / WEIGHTS_INDEX).is_file():
+        files = sorted(set(_read_json(export_dir / WEIGHTS_INDEX)["weight_map"].values()))
+    else:
+        files = [WEIGHTS_FILE]
+    total = 0
+    for name in files:
+        with open(export_dir / name, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
+    return total
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def is_hub_dataset(dataset: str) -> bool:
+    """A Hub dataset id (`owner/name`), as opposed to a local path that training read."""
+    if os.path.isabs(dataset) or os.path.exists(dataset) or dataset.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _fmt(value, spec: str = "{}") -> str:
+    return "—" if value is None else spec.format(value)
+
+
+def build_card(
+    export_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """The model card for `export_dir`. `repo_id` is where it will live (for the usage snippet); `revision` the
+    commit to pin in that snippet (default "main", with a note to pin a commit hash)."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise ExportError(f"{export_dir} is not a folder")
+    missing = missing_files(export_dir)
+    if missing:
+        raise ExportError(f"{export_dir} is not a complete export: missing {', '.join(missing)}")
+    if not (export_dir / SUMMARY_FILE).is_file():
+        raise ExportError(
+            f"{export_dir / SUMMARY_FILE} not found: the card reports the training run's measured facts and "
+            "will not invent them (training writes this file into its export)"
+        )
+    config = _read_json(export_dir / "config.json")
+    generation = _read_json(export_dir / "generation_config.json")
+    summary = _read_json(export_dir / SUMMARY_FILE)
+
+    model_name = export_dir.name if repo_id is None else repo_id.split("/")[-1]
+    repo_id = repo_id or f"your-username/{export_dir.name}"
+    dataset = summary.get("dataset") or "unknown"
+    dataset_is_hub = is_hub_dataset(dataset)
+    dataset_url = f"https://huggingface.co/datasets/{dataset}" if dataset_is_hub else "https://huggingface.co/datasets/deepmind/pg19"
+
+    # Evaluation: only the splits (and metrics) that training measured.
+    evaluation = summary.get("eval") or {}
+    eval_results, eval_rows = [], []
+    for split, metrics in evaluation.items():
+        for key, pretty in MODEL_INDEX_METRICS.items():
+            if metrics.get(key) is not None:
+                eval_results.append(
+                    EvalResult(
+                        task_type="text-generation",
+                        task_name="Causal language modeling",
+                        dataset_type=dataset if dataset_is_hub else "pg19",
+                        dataset_name="PG19" if dataset_is_hub else f"PG19 (local copy: {Path(dataset).name})",
+                        dataset_split=split,
+                        metric_type=key,
+                        metric_name=pretty,
+                        metric_value=float(metrics[key]),
+                    )
+                )
+        eval_rows.append(
+            dict(
+                split=split,
+                loss=_fmt(metrics.get("loss"), "{:.4f}"),
+                perplexity=_fmt(metrics.get("perplexity"), "{:.2f}"),
+                bits_per_byte=_fmt(metrics.get("bits_per_byte"), "{:.4f}"),
+                tokens=_fmt(metrics.get("tokens"), "{:,}"),
+                bytes=_fmt(metrics.get("bytes"), "{:,}"),
+            )
+        )
+
+    card_data = ModelCardData(
+        language="en",
+        license=license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["text-generation", "gpt", "victorian", "pg19", "custom_code", "safetensors"],
+        datasets=[dataset] if dataset_is_hub else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+    s = summary
+    procedure = [
+        ("Model preset", _fmt(s.get("model_preset"), "`{}`")),
+        ("Optimizer steps", _fmt(s.get("steps"), "{:,}")),
+        ("Tokens per optimizer step", _fmt(s.get("tokens_per_step"), "{:,}")),
+        ("Micro-batch size (per process)", _fmt(s.get("micro_batch_size"))),
+        ("`gradient_accumulation_steps`", _fmt(s.get("gradient_accumulation_steps"))),
+        ("Processes", _fmt(s.get("num_processes"))),
+        ("Tokens seen", _fmt(s.get("tokens_seen"), "{:,}")),
+        ("Learning rate", _fmt(s.get("learning_rate"), "{:g}")),
+        ("Schedule", f"{_fmt(s.get('lr_schedule'))}, {_fmt(s.get('warmup_steps'))} warm-up steps"),
+        ("Weight decay", _fmt(s.get("weight_decay"), "{:g}")),
+        ("Gradient clipping (`max_grad_norm`)", _fmt(s.get("max_grad_norm"), "{:g}")),
+        ("`mixed_precision`", _fmt(s.get("mixed_precision"), "`{}`")),
+        ("Hardware", _fmt(s.get("hardware"))),
+        ("Wall time", _duration(s.get("wall_time_s"))),
+    ]
+    loss_curve = s.get("loss_curve")
+    if loss_curve and not (export_dir / loss_curve).is_file():
+        loss_curve = None  # named in the summary but not exported: no broken image in the card
+
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id,
+        revision=revision or "main",
+        revision_pinned=revision is not None,
+        config=config,
+        n_params=_human(count_parameters(export_dir)),
+        summary=summary,
+        dataset=dataset,
+        dataset_is_hub=dataset_is_hub,
+        dataset_url=dataset_url,
+        dataset_splits=s.get("dataset_splits") or {"train": "train"},
+        procedure=procedure,
+        training_config_json=json.dumps(s.get("training_config"), indent=2, sort_keys=True, default=str),
+        loss_curve=loss_curve,
+        eval_rows=eval_rows,
+        generation_defaults=[(k, repr(generation[k])) for k in GENERATION_KEYS if k in generation],
+    )
+
+
+def check_card(card: ModelCard) -> None:
+    """Offline validation: the card's YAML must parse back through `ModelCardData` to the same metadata.
+
+    (`ModelCard.validate` asks the Hub's /api/validate-yaml and needs the network; this is the part we can check.)
+    """
+    reparsed = ModelCard(str(card))
+    if reparsed.data.to_dict() != card.data.to_dict():
+        raise ValueError("the card's metadata does not round-trip through ModelCardData")
+    for key in ("language", "license", "library_name", "pipeline_tag"):
+        if not reparsed.data.get(key):
+            raise ValueError(f"the card's metadata lacks `{key}`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="victorian-gpt card",
+        description="Write the model card (README.md) into an exported model folder, from its files and "
+        "training_summary.json.",
+    )
+    parser.add_argument("export_dir", help="folder written by training's export (save_model_folder)")
+    parser.add_argument("--repo-id", help="USER/NAME the model will be published as (used in the usage snippet)")
+    parser.add_argument("--revision", help="commit hash to pin in the usage snippet (default: main)")
+    parser.add_argument("--license", default="apache-2.0", help="license id for the card metadata")
+    args = parser.parse_args(argv)
+    if args.repo_id is not None:
+        try:
+            validate_repo_id(args.repo_id)
+        except HFValidationError as error:
+            parser.error(f"invalid --repo-id {args.repo_id!r}: {error}")
+    try:
+        card = build_card(args.export_dir, repo_id=args.repo_id, revision=args.revision, license=args.license)
+        check_card(card)
+    except (ExportError, ValueError) as error:
+        print(f"victorian-gpt card: error: {error}", file=sys.stderr)
+        return 2
+    path = Path(args.export_dir) / "README.md"
+    card.save(path)
+    print(f"wrote {path}")
+    if args.repo_id is None:
+        print("note: pass --repo-id USER/NAME so the card's usage snippet names the published repo")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

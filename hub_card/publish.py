@@ -1,0 +1,229 @@
+"""Publish to the Hugging Face Hub: an exported model folder (`push`) and the Gradio demo as a Space (`push-space`).
+
+Both talk to the Hub through `HfApi`, at the endpoint named by `HF_ENDPOINT` (huggingface.co when unset). Every
+check that can fail (files, pickles, repo id, token) runs before the first request, so a refused push uploads
+nothing; the upload itself is one commit, so a repo never shows half an export.
+
+    victorian-gpt push EXPORT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--commit-message ...] [--token ...]
+    victorian-gpt push-space --repo-id USER/NAME-demo --model-id USER/NAME [--dataset ID] [--space-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, SpaceCard, SpaceCardData, get_token
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+from huggingface_hub.utils import validate_repo_id
+
+from .card import ExportError, build_card, check_card, missing_files
+
+# Pickled weights can run arbitrary code when loaded; the Hub flags them and we never publish them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+CARD_FILE = "README.md"
+
+
+class PublishError(Exception):
+    """A push that must not start: the message says what to fix."""
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PublishError(f"invalid --repo-id {repo_id!r}: {error}") from None
+    if repo_id.count("/") != 1:
+        raise PublishError(f"invalid --repo-id {repo_id!r}: expected USER/NAME (or ORG/NAME)")
+
+
+def _resolve_token(token: str | None) -> str:
+    token = token or get_token()  # HF_TOKEN, then the file `hf auth login` writes
+    if not token:
+        raise PublishError("no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token")
+    return token
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Files to upload, relative to `folder`: everything but hidden entries and Python caches."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
+            files.append(rel)
+    return files
+
+
+def _hub() -> HfApi:
+    # Read at call time, not import time, so `HF_ENDPOINT=… victorian-gpt push` works however we were started.
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
+def plan_model_upload(export_dir: Path, repo_id: str) -> list[CommitOperationAdd]:
+    """Check an export folder and list the operations of its one commit; raise PublishError on anything wrong.
+
+    The card is the folder's README.md when there is one (a hand-edited card wins); otherwise it is built here
+    from the folder and training_summary.json, naming `repo_id` in its usage snippet.
+    """
+    if not export_dir.is_dir():
+        raise PublishError(f"{export_dir} is not a folder")
+    files = _folder_files(export_dir)
+    pickles = [str(f) for f in files if f.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise PublishError(
+            f"refusing to upload pickled weights ({', '.join(pickles)}): they can run code when loaded. "
+            "Publish safetensors only (save_pretrained(..., safe_serialization=True)) and remove these files."
+        )
+    missing = missing_files(export_dir)
+    if missing:
+        raise PublishError(f"{export_dir} is not a complete export: missing {', '.join(missing)}")
+    operations = [CommitOperationAdd(path_in_repo=f.as_posix(), path_or_fileobj=str(export_dir / f)) for f in files]
+    if not (export_dir / CARD_FILE).is_file():
+        try:
+            card = build_card(export_dir, repo_id=repo_id)
+            check_card(card)
+        except (ExportError, ValueError) as error:
+            raise PublishError(f"cannot build the model card: {error}") from None
+        operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=str(card).encode()))
+    else:
+        try:
+            check_card(ModelCard.load(export_dir / CARD_FILE))
+        except ValueError as error:
+            raise PublishError(f"{export_dir / CARD_FILE} is not a valid model card: {error}") from None
+    return operations
+
+
+def push_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="victorian-gpt push",
+        description="Publish an exported model folder to the Hugging Face Hub in one commit (safetensors only).",
+    )
+    parser.add_argument("export_dir", help="folder written by training's export (save_model_folder)")
+    parser.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", help="branch to commit to (created from main if new; default main)")
+    parser.add_argument("--commit-message", default="Upload VictorianGPT model", help="message of the commit")
+    parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` token)")
+    args = parser.parse_args(argv)
+
+    try:
+        _check_repo_id(args.repo_id)
+        token = _resolve_token(args.token)
+        operations = plan_model_upload(Path(args.export_dir), args.repo_id)
+    except PublishError as error:
+        print(f"victorian-gpt push: error: {error}", file=sys.stderr)
+        return 2
+
+    api = _hub()
+    try:
+        # private=None (not False) when --private is absent: an existing repo keeps its visibility.
+        repo_url = api.create_repo(args.repo_id, token=token, private=args.private or None, exist_ok=True)
+        if args.revision:
+            api.create_branch(args.repo_id, branch=args.revision, token=token, exist_ok=True)
+        print(f"uploading {len(operations)} files to {repo_url} ...")
+        commit = api.create_commit(
+            args.repo_id,
+            operations=operations,
+            commit_message=args.commit_message,
+            revision=args.revision,
+            token=token,
+        )
+    except (HfHubHTTPError, ValueError) as error:  # ValueError: the Hub's metadata validation rejected the card
+        print(f"victorian-gpt push: error: the Hub refused the upload: {error}", file=sys.stderr)
+        return 1
+    print(commit.commit_url)
+    print(f"pin this version with revision={commit.oid!r}")
+    return 0
+
+
+def _default_space_dir() -> Path:
+    # Locate the `spaces_app` package without importing it (its app pulls in gradio and the model stack).
+    spec = importlib.util.find_spec("spaces_app")
+    if spec is None or not spec.submodule_search_locations:
+        raise PublishError("cannot find the spaces_app package; pass --space-dir")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def space_card(space_dir: Path, model_id: str, dataset: str) -> SpaceCard:
+    """The Space's README: the app's own metadata, with `sdk: gradio` and `models`/`datasets` naming ours."""
+    readme = space_dir / CARD_FILE
+    if readme.is_file():
+        card = SpaceCard.load(readme)
+    else:
+        card = SpaceCard.from_template(SpaceCardData(title="VictorianGPT", sdk="gradio", app_file="app.py"))
+    card.data.sdk = "gradio"
+    card.data.models = [model_id]
+    card.data.datasets = [dataset]
+    if not card.data.get("app_file"):
+        card.data.app_file = "app.py"
+    return card
+
+
+def push_space_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="victorian-gpt push-space",
+        description="Publish the Gradio demo (spaces_app/) as a Hugging Face Space that serves MODEL_ID.",
+    )
+    parser.add_argument("--repo-id", required=True, help="USER/NAME of the Space (created if missing)")
+    parser.add_argument("--model-id", required=True, help="USER/NAME of the model repo the Space serves")
+    parser.add_argument(
+        "--dataset", help="dataset id named in the Space metadata (default: the model card's, else emozilla/pg19)"
+    )
+    parser.add_argument("--space-dir", help="folder to upload (default: the installed spaces_app package)")
+    parser.add_argument("--private", action="store_true", help="create the Space private")
+    parser.add_argument("--commit-message", default="Upload VictorianGPT demo", help="message of the commit")
+    parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` token)")
+    args = parser.parse_args(argv)
+
+    try:
+        _check_repo_id(args.repo_id)
+        _check_repo_id(args.model_id)
+        token = _resolve_token(args.token)
+        space_dir = Path(args.space_dir) if args.space_dir else _default_space_dir()
+        if not space_dir.is_dir():
+            raise PublishError(f"{space_dir} is not a folder")
+        files = [f for f in _folder_files(space_dir) if f.suffix != ".pyc" and f.as_posix() != CARD_FILE]
+        app_file = space_card(space_dir, args.model_id, "-").data.app_file
+        for needed in (app_file, "requirements.txt"):
+            if not (space_dir / needed).is_file():
+                raise PublishError(f"{space_dir} has no {needed}: a Gradio Space needs it")
+    except PublishError as error:
+        print(f"victorian-gpt push-space: error: {error}", file=sys.stderr)
+        return 2
+
+    api = _hub()
+    try:
+        dataset = args.dataset or _model_dataset(api, args.model_id, token)
+        card = space_card(space_dir, args.model_id, dataset)
+        operations = [CommitOperationAdd(f.as_posix(), str(space_dir / f)) for f in files]
+        operations.append(CommitOperationAdd(CARD_FILE, str(card).encode()))
+        repo_url = api.create_repo(
+            args.repo_id, token=token, repo_type="space", space_sdk="gradio", private=args.private or None, exist_ok=True
+        )
+        # The app reads the model to serve from MODEL_ID; a Space variable survives later pushes of the app.
+        api.add_space_variable(args.repo_id, "MODEL_ID", args.model_id, token=token)
+        print(f"uploading {len(operations)} files to {repo_url} ...")
+        commit = api.create_commit(
+            args.repo_id, operations=operations, commit_message=args.commit_message, repo_type="space", token=token
+        )
+    except (HfHubHTTPError, ValueError) as error:
+        print(f"victorian-gpt push-space: error: the Hub refused the upload: {error}", file=sys.stderr)
+        return 1
+    print(commit.commit_url)
+    return 0
+
+
+def _model_dataset(api: HfApi, model_id: str, token: str) -> str:
+    """The dataset the model card names; the project's default dataset when the card names none."""
+    try:
+        datasets = (api.model_info(model_id, token=token).card_data or {}).get("datasets")
+    except HfHubHTTPError:
+        datasets = None
+    if datasets:
+        return datasets[0] if isinstance(datasets, list) else datasets
+    from victorian_gpt.sources import DEFAULT_DATASET
+
+    return DEFAULT_DATASET

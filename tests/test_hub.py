@@ -1,0 +1,532 @@
+"""Publishing to the Hub and downloading from it, over HTTP, the way users do.
+
+`LoopbackHub` is a small Hub-protocol server on 127.0.0.1: the endpoints `HfApi.create_repo`, `create_branch`,
+`preupload`, `create_commit`, `add_space_variable`, `repo_info` and `list_repo_tree` call, and the `resolve` file
+downloads that `hf_hub_download` / `snapshot_download` / `from_pretrained` use. It keeps real git-like history
+(commits with parents, branches, blob ids = git blob sha1) and records every request, so the tests can assert
+what `victorian-gpt push` actually sent. The CLI runs as a subprocess with `HF_ENDPOINT` pointing at it; the
+downloads run in a stranger's process that cannot import `victorian_gpt`.
+
+(`olah`, a self-hosted Hub mirror, was tried first: it serves local git repos read-only, has no upload endpoints,
+and answers a missing folder with `401 RepoNotFound`, which makes `AutoTokenizer.from_pretrained` fail.)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+import yaml
+
+from conftest import HUB_EXPORT_EVAL, complete_export_for_hub, run_isolated
+
+TOKEN = "hf_loopback_test_token"
+REPO_ID = "victoria/tiny-victorian-gpt"
+EXPECTED_MODEL_FILES = {
+    "README.md",
+    "config.json",
+    "configuration_victorian_gpt.py",
+    "generation_config.json",
+    "loss_curve.png",
+    "model.safetensors",
+    "modeling_victorian_gpt.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_summary.json",
+}
+
+
+# --------------------------------------------------------------------------------------------------- the server
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: str | None
+    message: str
+    files: dict[str, bytes]
+    via_api: bool  # made by a /commit request (not the repo's initial commit)
+
+
+@dataclass
+class Repo:
+    repo_type: str
+    repo_id: str
+    private: bool
+    sdk: str | None
+    commits: dict[str, Commit] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, revision: str) -> Commit | None:
+        oid = self.branches.get(revision, revision)
+        return self.commits.get(oid)
+
+    def commit(self, branch: str, message: str, files: dict[str, bytes], via_api: bool = True) -> Commit:
+        parent = self.branches.get(branch)
+        tree = dict(self.commits[parent].files) if parent else {}
+        tree.update(files)
+        digest = hashlib.sha1(f"{parent}\n{message}\n".encode())
+        for path in sorted(tree):
+            digest.update(f"{path} {git_blob_id(tree[path])}\n".encode())
+        commit = Commit(digest.hexdigest(), parent, message, tree, via_api)
+        self.commits[commit.oid] = commit
+        self.branches[branch] = commit.oid
+        return commit
+
+
+class LoopbackHub(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, token: str):
+        super().__init__(("127.0.0.1", 0), _HubHandler)
+        self.token = token
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def api_commits(self, repo_type: str, repo_id: str) -> list[Commit]:
+        return [c for c in self.repos[(repo_type, repo_id)].commits.values() if c.via_api]
+
+
+_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+_REPO = r"(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
+_ROUTES = [
+    ("POST", re.compile(r"/api/repos/create"), "create_repo"),
+    ("POST", re.compile(r"/api/validate-yaml"), "validate_yaml"),
+    ("POST", re.compile(rf"/api/{_REPO}/branch/(?P<rev>[^/]+)"), "create_branch"),
+    ("POST", re.compile(rf"/api/{_REPO}/preupload/(?P<rev>[^/]+)"), "preupload"),
+    ("POST", re.compile(rf"/api/{_REPO}/commit/(?P<rev>[^/]+)"), "commit"),
+    ("POST", re.compile(r"/api/spaces/(?P<repo>[^/]+/[^/]+)/variables"), "add_variable"),
+    ("GET", re.compile(rf"/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?"), "repo_info"),
+    ("GET", re.compile(rf"/api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?"), "tree"),
+    ("GET", re.compile(r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "resolve"),
+]
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    server: LoopbackHub
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    # ---- plumbing
+    def _dispatch(self, method: str):
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        self.query = parse_qs(url.query)
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
+        with self.server.lock:
+            self.server.requests.append((method, path))
+            for route_method, pattern, name in _ROUTES:
+                match = pattern.fullmatch(path)
+                if match and (route_method == method or (route_method == "GET" and method == "HEAD")):
+                    params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                    if "type" in params:
+                        params["type"] = _TYPES[params["type"] if params["type"].endswith("s") else params["type"] + "s"]
+                    return getattr(self, name)(**params)
+            self._error(404, "NotFound", f"no route for {method} {path}")
+
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, data, status: int = 200):
+        self._send(status, json.dumps(data).encode())
+
+    def _error(self, status: int, code: str, message: str, headers: dict | None = None):
+        self._send(status, json.dumps({"error": message}).encode(), {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})})
+
+    def _authorized(self) -> bool:
+        return self.headers.get("Authorization") == f"Bearer {self.server.token}"
+
+    def _repo(self, type: str, repo: str, write: bool = False) -> Repo | None:
+        found = self.server.repos.get((type, repo))
+        if (write or (found and found.private)) and not self._authorized():
+            self._error(401, "RepoNotFound", "Invalid credentials in Authorization header")
+            return None
+        if found is None:
+            self._error(404, "RepoNotFound", f"Repository {repo} not found")
+        return found
+
+    def _commit_at(self, repo: Repo, rev: str) -> Commit | None:
+        commit = repo.resolve(rev)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        return commit
+
+    def _prefix(self, repo_type: str) -> str:
+        return "" if repo_type == "model" else f"{repo_type}s/"
+
+    # ---- write endpoints
+    def create_repo(self):
+        if not self._authorized():
+            return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
+        payload = json.loads(self.body)
+        repo_type = payload.get("type") or "model"
+        repo_id = f"{payload['organization']}/{payload['name']}"
+        url = f"{self.server.url}/{self._prefix(repo_type)}{repo_id}"
+        if (repo_type, repo_id) in self.server.repos:
+            return self._json({"error": "You already created this repo", "url": url}, 409)
+        repo = Repo(repo_type, repo_id, payload.get("visibility") == "private", payload.get("sdk"))
+        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, via_api=False)
+        self.server.repos[(repo_type, repo_id)] = repo
+        self._json({"url": url, "name": repo_id})
+
+    def validate_yaml(self):
+        """Parse the README's metadata as the Hub's validator would: YAML, then the repo type's card-data schema."""
+        from huggingface_hub import ModelCard, SpaceCard
+
+        payload = json.loads(self.body)
+        card_class = SpaceCard if payload.get("repoType") == "space" else ModelCard
+        try:
+            card = card_class(payload["content"])
+            if not card.data.to_dict():
+                raise ValueError("empty metadata")
+        except Exception as error:  # any parse failure is the caller's error, reported as the Hub does
+            return self._json({"errors": [{"message": str(error)}]}, 400)
+        self._json({"errors": [], "warnings": []})
+
+    def create_branch(self, type, repo, rev):
+        if (r := self._repo(type, repo, write=True)) is None:
+            return
+        if rev in r.branches:
+            return self._error(409, "Conflict", "Reference already exists")
+        start = json.loads(self.body or b"{}").get("startingPoint") or "main"
+        if (commit := self._commit_at(r, start)) is not None:
+            r.branches[rev] = commit.oid
+            self._json({})
+
+    def preupload(self, type, repo, rev):
+        if (r := self._repo(type, repo, write=True)) is None or (commit := self._commit_at(r, rev)) is None:
+            return
+        files = json.loads(self.body)["files"]
+        self._json(
+            {
+                "files": [
+                    {
+                        "path": f["path"],
+                        "uploadMode": "regular",  # we take content inline; the real Hub would say "lfs" for weights
+                        "shouldIgnore": False,
+                        "oid": git_blob_id(commit.files[f["path"]]) if f["path"] in commit.files else None,
+                    }
+                    for f in files
+                ]
+            }
+        )
+
+    def commit(self, type, repo, rev):
+        if (r := self._repo(type, repo, write=True)) is None or self._commit_at(r, rev) is None:
+            return
+        lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
+        header, files = lines[0]["value"], {}
+        for item in lines[1:]:
+            if item["key"] != "file" or item["value"].get("encoding") != "base64":
+                return self._error(400, "BadRequest", f"unsupported commit operation {item['key']}")
+            files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+        commit = r.commit(rev, header["summary"], files)
+        self._json({"success": True, "commitOid": commit.oid, "commitUrl": f"{self.server.url}/{self._prefix(r.repo_type)}{r.repo_id}/commit/{commit.oid}"})
+
+    def add_variable(self, repo):
+        if (r := self._repo("space", repo, write=True)) is None:
+            return
+        payload = json.loads(self.body)
+        r.variables[payload["key"]] = payload["value"]
+        self._json({k: {"value": v} for k, v in r.variables.items()})
+
+    # ---- read endpoints
+    def repo_info(self, type, repo, rev="main"):
+        if (r := self._repo(type, repo)) is None or (commit := self._commit_at(r, rev)) is None:
+            return
+        card = {}
+        if "README.md" in commit.files:
+            match = re.match(r"---\n(.*?)\n---", commit.files["README.md"].decode(), re.S)
+            card = yaml.safe_load(match.group(1)) if match else {}
+        self._json(
+            {
+                "id": r.repo_id,
+                "sha": commit.oid,
+                "private": r.private,
+                "sdk": r.sdk,
+                "cardData": card,
+                "tags": card.get("tags", []),
+                "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+            }
+        )
+
+    def tree(self, type, repo, rev, path=""):
+        if (r := self._repo(type, repo)) is None or (commit := self._commit_at(r, rev)) is None:
+            return
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        recursive = self.query.get("recursive", ["false"])[0].lower() == "true"
+        entries, dirs = [], set()
+        for name, data in sorted(commit.files.items()):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            if "/" in rest and not recursive:
+                dirs.add(prefix + rest.split("/")[0])
+            else:
+                entries.append({"type": "file", "oid": git_blob_id(data), "size": len(data), "path": name})
+        if prefix and not entries and not dirs:
+            return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", {"X-Repo-Commit": commit.oid})
+        self._json([{"type": "directory", "oid": "0" * 40, "size": 0, "path": d} for d in sorted(dirs)] + entries)
+
+    def resolve(self, repo, rev, path, type="model"):
+        if (r := self._repo(type, repo)) is None or (commit := self._commit_at(r, rev)) is None:
+            return
+        if path not in commit.files:
+            return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", {"X-Repo-Commit": commit.oid})
+        data = commit.files[path]
+        self._send(200, data, {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_id(data)}"'}, "application/octet-stream")
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = LoopbackHub(TOKEN)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def run_cli(args: list[str], endpoint: str, token: str | None = TOKEN, console_script: bool = True):
+    """`victorian-gpt ARGS` in a subprocess with HF_ENDPOINT at the loopback Hub (the test process itself is forced
+    offline). `console_script=False` calls the same subcommand function without the dispatcher's heavy imports."""
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    env.pop("HF_TOKEN", None)
+    if token is not None:
+        env["HF_TOKEN"] = token
+    if console_script:
+        command = [sys.executable, "-m", "victorian_gpt.cli", *args]
+    else:
+        module, function = {"push": ("publish", "push_main"), "push-space": ("publish", "push_space_main")}[args[0]]
+        code = f"import sys; from hub_card.{module} import {function}; sys.exit({function}(sys.argv[1:]))"
+        command = [sys.executable, "-c", code, *args[1:]]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------------- refusals
+def _no_token(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("pickle", "refusing to upload pickled weights (pytorch_model.bin)"),
+        ("checkpoint", "refusing to upload pickled weights (optimizer.pt)"),
+        ("missing", "missing tokenizer.json"),
+        ("bad_repo_id", "invalid --repo-id 'victoria/not a name'"),
+        ("no_namespace", "expected USER/NAME"),
+        ("no_token", "no Hugging Face token"),
+        ("not_a_folder", "is not a folder"),
+    ],
+)
+def test_push_refuses_bad_input_before_any_request(case, expected, hub, hub_export, monkeypatch, tmp_path, capsys):
+    from hub_card.publish import push_main
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    export, repo_id = hub_export, "victoria/refused"
+    if case == "pickle":
+        (export / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    elif case == "checkpoint":
+        (export / "optimizer.pt").write_bytes(b"\x80\x04pickle")
+    elif case == "missing":
+        (export / "tokenizer.json").unlink()
+    elif case == "bad_repo_id":
+        repo_id = "victoria/not a name"
+    elif case == "no_namespace":
+        repo_id = "refused"
+    elif case == "no_token":
+        _no_token(monkeypatch, tmp_path)
+    elif case == "not_a_folder":
+        export = tmp_path / "nowhere"
+    before = len(hub.requests)
+    files_before = sorted(p.name for p in hub_export.iterdir())
+
+    assert push_main([str(export), "--repo-id", repo_id]) == 2
+    assert expected in capsys.readouterr().err
+    assert len(hub.requests) == before, "a refused push must not talk to the Hub"
+    assert ("model", repo_id) not in hub.repos
+    assert sorted(p.name for p in hub_export.iterdir()) == files_before, "a refused push must not touch the export"
+
+
+# --------------------------------------------------------------------------------------------------- push + download
+@pytest.fixture(scope="module")
+def pushed(hub, tmp_path_factory, tiny_export):
+    """`victorian-gpt push` of a complete export to the loopback Hub's main branch (later tests download it)."""
+    export = tmp_path_factory.mktemp("push") / "tiny-victorian-gpt"
+    shutil.copytree(tiny_export, export)
+    complete_export_for_hub(export)
+    before = len(hub.requests)
+    result = run_cli(["push", str(export), "--repo-id", REPO_ID, "--commit-message", "Tiny VictorianGPT"], hub.url)
+    assert result.returncode == 0, result.stderr
+    return export, result, hub.requests[before:]
+
+
+def test_push_uploads_the_export_in_one_commit(hub, pushed):
+    from huggingface_hub import ModelCard
+
+    export, result, requests = pushed
+    repo = hub.repos[("model", REPO_ID)]
+    commits = hub.api_commits("model", REPO_ID)
+    assert len(commits) == 1, "the export must arrive in one commit"
+    commit = commits[0]
+    assert repo.branches["main"] == commit.oid and commit.message == "Tiny VictorianGPT"
+    assert [r for r in requests if r[0] == "POST"] == [
+        ("POST", "/api/repos/create"),
+        ("POST", "/api/validate-yaml"),  # the Hub checks the card's metadata before any file goes up
+        ("POST", f"/api/models/{REPO_ID}/preupload/main"),
+        ("POST", f"/api/models/{REPO_ID}/commit/main"),
+    ]
+    uploaded = set(commit.files) - set(repo.commits[commit.parent].files)
+    assert uploaded == EXPECTED_MODEL_FILES
+    assert not [p for p in commit.files if p.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    for name in EXPECTED_MODEL_FILES - {"README.md"}:
+        assert commit.files[name] == (export / name).read_bytes(), name
+    assert json.loads(commit.files["config.json"])["auto_map"]["AutoModelForCausalLM"].startswith("modeling_victorian_gpt.")
+    # The export had no README: push built the card, naming the repo, and left the folder untouched.
+    assert not (export / "README.md").exists()
+    card = ModelCard(commit.files["README.md"].decode())
+    assert card.data.pipeline_tag == "text-generation" and "custom_code" in card.data.tags
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
+        (split, metric): HUB_EXPORT_EVAL[split][metric] for split in ("validation", "test") for metric in ("perplexity", "bits_per_byte")
+    }
+    assert f'repo_id = "{REPO_ID}"' in card.text
+    assert f"{hub.url}/{REPO_ID}/commit/{commit.oid}" in result.stdout.splitlines()
+
+
+def test_push_to_a_new_branch_and_again_to_an_existing_repo(hub, pushed, tmp_path):
+    export, _, _ = pushed
+    changed = tmp_path / "changed"
+    shutil.copytree(export, changed)
+    generation = json.loads((changed / "generation_config.json").read_text())
+    (changed / "generation_config.json").write_text(json.dumps({**generation, "temperature": 0.7}, indent=2))
+    main_before = hub.repos[("model", REPO_ID)].branches["main"]
+
+    result = run_cli(["push", str(changed), "--repo-id", REPO_ID, "--revision", "cooler"], hub.url, console_script=False)
+    assert result.returncode == 0, result.stderr
+    repo = hub.repos[("model", REPO_ID)]
+    assert repo.branches["main"] == main_before, "a push to a branch leaves main alone"
+    head = repo.commits[repo.branches["cooler"]]
+    assert head.parent == main_before, "the new branch starts from main"
+    assert json.loads(head.files["generation_config.json"])["temperature"] == 0.7
+    assert f"{hub.url}/{REPO_ID}/commit/{head.oid}" in result.stdout
+
+
+def test_push_with_a_wrong_token_fails_cleanly(hub, hub_export):
+    result = run_cli(["push", str(hub_export), "--repo-id", "victoria/other"], hub.url, "hf_wrong", console_script=False)
+    assert result.returncode == 1
+    assert "the Hub refused the upload" in result.stderr and "Traceback" not in result.stderr
+    assert ("model", "victoria/other") not in hub.repos
+
+
+STRANGER_ONLINE = r"""
+import json, os, re, sys
+import torch
+from huggingface_hub import hf_hub_download, snapshot_download
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+repo_id, pinned = sys.argv[1], sys.argv[2]
+snapshot = snapshot_download(repo_id)  # what `hf download` does: fills the cache, refs/main -> commit
+
+# Run the card's own usage snippets, with `revision` pinned to the published commit as the card asks.
+card = open(hf_hub_download(repo_id, "README.md")).read()
+blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+assert len(blocks) == 2, blocks
+for block in blocks:
+    assert 'revision = "main"' in block
+    exec(block.replace('revision = "main"', f'revision = "{pinned}"'), {})
+print("SNIPPETS OK")
+
+model = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+weights = load_file(os.path.join(snapshot, "model.safetensors"))
+assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+tokenizer = AutoTokenizer.from_pretrained(repo_id)
+print("MODEL", type(model).__name__, "TOKENIZER", type(tokenizer).__name__)
+"""
+
+STRANGER_OFFLINE = r"""
+import sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+repo_id = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained(repo_id)
+inputs = tokenizer("It was the best of times,", return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+assert out.shape[1] == inputs["input_ids"].shape[1] + 12, out.shape
+generator = pipeline("text-generation", model=repo_id, trust_remote_code=True)
+text = generator("My dear Watson,", max_new_tokens=12)[0]["generated_text"]
+assert text.startswith("My dear Watson,") and len(text) > len("My dear Watson,"), text
+print("OFFLINE OK", repr(text))
+"""
+
+
+def test_a_stranger_downloads_and_generates_over_http_then_offline(hub, pushed, tmp_path):
+    """The user's path: download from the Hub over HTTP, run the card's snippets, then load from the cache offline
+    (`HF_HUB_OFFLINE=1`) in a fresh process, by repo id, with `trust_remote_code=True`."""
+    cache = tmp_path / "hub-cache"
+    commit = hub.api_commits("model", REPO_ID)[0]
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+    online = run_isolated(STRANGER_ONLINE.replace("sys.argv[1], sys.argv[2]", f"{REPO_ID!r}, {commit.oid!r}"), tmp_path, env)
+    assert online.returncode == 0, online.stderr[-3000:]
+    assert "SNIPPETS OK" in online.stdout and "MODEL VictorianGPTForCausalLM" in online.stdout
+    assert any(path.endswith("/resolve/main/model.safetensors") or path.endswith(f"/resolve/{commit.oid}/model.safetensors") for _, path in hub.requests)
+
+    # The cache is laid out exactly as snapshot_download leaves it.
+    repo_cache = cache / f"models--{REPO_ID.replace('/', '--')}"
+    assert (repo_cache / "refs" / "main").read_text() == commit.oid
+    snapshot = repo_cache / "snapshots" / commit.oid
+    assert {p.name for p in snapshot.iterdir()} >= EXPECTED_MODEL_FILES | {".gitattributes"}
+    assert (snapshot / "model.safetensors").is_symlink() and (snapshot / "model.safetensors").resolve().parent == repo_cache / "blobs"
+
+    requests_before = len(hub.requests)
+    offline_env = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    offline = run_isolated(STRANGER_OFFLINE.replace("sys.argv[1]", repr(REPO_ID)), tmp_path, offline_env)
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert "OFFLINE OK" in offline.stdout
+    assert len(hub.requests) == requests_before
