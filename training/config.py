@@ -1,0 +1,167 @@
+"""The training configuration: one dataclass, loaded from YAML and overridden by `--key value` on the command line.
+
+Field names follow `transformers.TrainingArguments` where one exists (`learning_rate`, `warmup_steps`, `max_steps`,
+`save_steps`, `save_total_limit`, `eval_steps`, `report_to`, `resume_from_checkpoint`, ...). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from victorian_gpt.sources import DEFAULT_DATASET
+
+
+@dataclass
+class TrainingConfig:
+    # --- model and tokenizer
+    model_preset: str = "gpt2-124m"  # a name in victorian_gpt.PRESETS
+    model_overrides: dict = field(default_factory=dict)  # VictorianGPTConfig fields, e.g. {n_layer: 4, resid_pdrop: 0.0}
+    tokenizer: str | None = None  # a tokenizer folder; None: train one on the training split, saved in output_dir
+    tokenizer_max_books: int | None = None  # books used to train that tokenizer (None: the whole split)
+    # --- data
+    dataset: str = DEFAULT_DATASET  # Hub dataset id or local PG19-format folder/file
+    prepared_data: str | None = None  # a folder written by `python -m training.prepare` (used instead of `dataset`)
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = "test"  # evaluated once at the end (None: skip)
+    block_size: int | None = None  # tokens of context per example; None: the model's n_positions
+    shuffle_buffer: int = 1000  # blocks held by the shuffle buffer
+    data_sharding: str = "books"  # "books" (split_dataset_by_node) or "blocks" (every rank keeps 1 block in N)
+    dataloader_num_workers: int = 1  # 0 or 1: one worker process tokenizes ahead of the loop
+    # --- optimisation
+    tokens_per_step: int = 524_288  # tokens per optimizer step; gradient accumulation is derived from it
+    micro_batch_size: int = 8  # blocks per forward pass per process
+    max_steps: int = 1000  # optimizer steps
+    learning_rate: float = 1e-4
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01  # on 2-D weights only
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None  # "no" | "fp16" | "bf16"; None: what `accelerate launch` configured
+    torch_compile: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 1337
+    max_nonfinite_steps: int = 10  # consecutive non-finite losses (steps skipped) before the run stops
+    # --- evaluation, samples, logging
+    eval_steps: int = 200  # evaluate every N steps (0: only at the end)
+    eval_on_start: bool = True
+    max_eval_samples: int | None = 200  # validation blocks per evaluation (None: the whole split)
+    per_device_eval_batch_size: int | None = None  # None: micro_batch_size
+    num_samples: int = 3  # generated samples per evaluation
+    sample_max_new_tokens: int = 48
+    logging_steps: int = 10
+    report_to: str = "tensorboard"  # an accelerate tracker name, "all" or "none"
+    log_data_fingerprints: bool = False  # write a hash of every trained block per rank (to audit sharding)
+    # --- checkpoints and output
+    output_dir: str = "runs/victorian-gpt"
+    save_steps: int = 500  # checkpoint every N steps (0: only on interrupt)
+    save_total_limit: int = 3  # keep the last K checkpoints
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    overwrite_output_dir: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+_TYPES = typing.get_type_hints(TrainingConfig)
+
+
+def _coerce(name: str, value):
+    """Convert a YAML or command-line value to the field's type (so `--learning_rate 3e-4` and YAML `1e-4`, which
+    PyYAML reads as a string, both become floats)."""
+    hint = _TYPES[name]
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if isinstance(value, str) and optional and value.strip().lower() in ("none", "null", "~", ""):
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {name!r} cannot be null")
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if base is float:
+            return float(value)
+        if base is dict:
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {name!r} expects {base.__name__}, got {value!r}") from None
+
+
+def _unknown(keys, where: str):
+    unknown = sorted(set(keys) - set(FIELDS))
+    if unknown:
+        import difflib
+
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, FIELDS, 1)) else repr(k)
+                 for k in unknown]
+        raise ValueError(f"unknown training config key(s) in {where}: {', '.join(hints)}")
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> TrainingConfig:
+    """Defaults <- YAML file <- overrides (each value coerced to its field's type)."""
+    values: dict = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"training config {path!r} does not exist")
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        _unknown(loaded, path)
+        values.update(loaded)
+    overrides = overrides or {}
+    _unknown(overrides, "the command line")
+    values.update(overrides)
+    config = TrainingConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    for name, allowed in (("data_sharding", ("books", "blocks")), ("mixed_precision", (None, "no", "fp16", "bf16"))):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"config key {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
+    for name in ("tokens_per_step", "micro_batch_size", "max_steps"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"config key {name!r} must be positive, got {getattr(config, name)}")
+    return config
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["--learning_rate", "3e-4", "--eval_steps=50"]` -> {"learning_rate": "3e-4", "eval_steps": "50"}."""
+    overrides, i = {}, 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--"):
+            raise ValueError(f"expected --key value, got {item!r}")
+        key = item[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(items) and not items[i + 1].startswith("--"):
+            value, i = items[i + 1], i + 2
+        elif key in FIELDS and _TYPES[key] is bool:
+            value, i = "true", i + 1  # a bare boolean flag
+        else:
+            raise ValueError(f"--{key} needs a value")
+        overrides[key] = value
+    return overrides

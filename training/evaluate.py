@@ -1,0 +1,129 @@
+"""Loss, perplexity and bits per byte of a model on a split; `victorian-gpt eval MODEL --dataset ... --split test`.
+
+Bits per byte does not depend on the tokenizer: total negative log-likelihood (nats) / ln 2 / UTF-8 bytes of the text
+whose tokens were predicted. The training loop reports the same figures through `evaluate_blocks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import PackedBlocks, make_dataloader, token_byte_lengths
+
+
+def lm_loss(model, block: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of a batch of `block_size + 1`-token blocks: inputs [:-1], targets [1:]."""
+    logits = model(input_ids=block[:, :-1]).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), block[:, 1:].reshape(-1), reduction=reduction)
+
+
+def eval_blocks(source, split, tokenizer, block_size, max_blocks=None, rank=0, world_size=1, prepared_data=None):
+    """The first `max_blocks` blocks of a split in file order (no shuffle); rank r takes every N-th one."""
+    if prepared_data is not None:
+        from .data import PreparedBlocks
+
+        dataset = PreparedBlocks(prepared_data, split, block_size, endless=False, shuffle=False)
+        dataset.rank, dataset.world_size, dataset.per_rank = 0, 1, int(dataset.offsets[-1])
+    else:
+        dataset = PackedBlocks(source, split, tokenizer, block_size, sharding="blocks", shuffle_buffer=0, endless=False)
+    for j, item in enumerate(dataset):
+        if max_blocks is not None and j >= max_blocks:
+            return
+        if j % world_size == rank:
+            yield item
+
+
+@torch.no_grad()
+def evaluate_blocks(model, blocks, byte_lengths: np.ndarray, batch_size: int, device, accelerator=None) -> dict:
+    """Sum NLL, predicted tokens and their bytes over `blocks` (this rank's share), reduce across ranks, summarise."""
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = bytes_ = 0
+    byte_table = torch.from_numpy(byte_lengths)
+    for batch in make_dataloader(blocks_as_dataset(blocks), batch_size, num_workers=0):
+        block = batch["input_ids"]
+        targets = block[:, 1:]
+        bytes_ += int(byte_table[targets.clamp(max=len(byte_table) - 1)].sum())
+        tokens += targets.numel()
+        with (accelerator.autocast() if accelerator is not None else nullcontext()):
+            nll += lm_loss(model, block.to(device), reduction="sum").double()
+    totals = torch.tensor([nll.item(), tokens, bytes_], dtype=torch.float64, device=device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    model.train(was_training)
+    return summarise(*totals.tolist())
+
+
+def summarise(nll: float, tokens: float, bytes_: float) -> dict:
+    if tokens == 0:
+        raise ValueError("evaluation saw no complete block; the split is shorter than one block")
+    loss = nll / tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": nll / math.log(2) / bytes_ if bytes_ else None,
+        "tokens": int(tokens),
+        "bytes": int(bytes_),
+    }
+
+
+class blocks_as_dataset(torch.utils.data.IterableDataset):
+    """Wrap an iterator of blocks so the DataLoader batches it."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="victorian-gpt eval",
+        description="Print validation/test loss, perplexity and bits per byte of a model as JSON.",
+    )
+    parser.add_argument("model", help="an exported model folder or Hub repo id")
+    parser.add_argument("--dataset", default=None, help="Hub dataset id or local PG19-format folder/file")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--block_size", "--block-size", type=int, default=None, help="default: the model's context")
+    parser.add_argument("--max_eval_samples", "--max-eval-samples", type=int, default=None,
+                        help="evaluate the first N blocks only (default: the whole split)")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true", default=True)
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from victorian_gpt.sources import DEFAULT_DATASET
+
+    dataset = args.dataset or DEFAULT_DATASET
+    # fail on the data before loading the model
+    from victorian_gpt.sources import load_text_dataset
+
+    load_text_dataset(dataset, split=args.split)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(device)
+    block_size = args.block_size or model.config.n_positions
+    if block_size > model.config.n_positions:
+        parser.error(f"--block_size {block_size} exceeds the model's context ({model.config.n_positions})")
+    blocks = eval_blocks(dataset, args.split, tokenizer, block_size, args.max_eval_samples)
+    result = evaluate_blocks(model, blocks, token_byte_lengths(tokenizer), args.batch_size, device)
+    result = {"model": args.model, "dataset": dataset, "split": args.split, "block_size": block_size, **result}
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
