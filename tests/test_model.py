@@ -230,3 +230,24 @@ def test_presets_and_attribute_map():
         VictorianGPTConfig.from_preset("gpt2-xxl")
     base = VictorianGPTModel(VictorianGPTConfig.from_preset("tiny"))
     assert base.get_input_embeddings().weight.shape == (512, 64)
+
+
+def test_inference_logits_follow_weight_updates():
+    """The cached transposed output projection used without autograd must never serve stale weights."""
+    model = make_model()
+    ids = random_ids(1, 8)
+    with torch.no_grad():
+        before = model(ids).logits
+        expected = F.linear(model.transformer(ids).last_hidden_state, model.lm_head.weight)
+        torch.testing.assert_close(before, expected, rtol=0, atol=1e-6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()  # in-place update of the tied weight
+    with torch.no_grad():
+        after = model(ids).logits
+        expected = F.linear(model.transformer(ids).last_hidden_state, model.lm_head.weight)
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+    assert (after - before).abs().max() > 1e-3
+    with torch.no_grad():
+        model.to(torch.float64)
+        torch.testing.assert_close(model(ids).logits, after.double(), rtol=0, atol=1e-5)

@@ -61,6 +61,7 @@ def wrap_tokenizer(tokenizer: Tokenizer, model_max_length: int = 2048) -> PreTra
         padding_side="left",  # decoder-only generation pads on the left
         clean_up_tokenization_spaces=False,  # exact round trip
         add_prefix_space=False,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: generate() on 4.x rejects them
     )
 
 
@@ -99,6 +100,8 @@ def save_tokenizer(tokenizer, output_dir: str) -> None:
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for load_time_only in ("is_local", "local_files_only"):  # facts about one load, not about the tokenizer
+        config.pop(load_time_only, None)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
