@@ -211,7 +211,7 @@ def build_card(
         config=config,
         n_params=_human(count_parameters(export_dir)),
         summary=summary,
-        dataset=dataset,
+        dataset=dataset if dataset_is_hub else Path(dataset).name,  # a local path: its name, not the machine's layout
         dataset_is_hub=dataset_is_hub,
         dataset_url=dataset_url,
         dataset_splits=s.get("dataset_splits") or {"train": "train"},

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, SpaceCard, SpaceCardData, get_token
-from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from .card import ExportError, build_card, check_card, missing_files
@@ -183,13 +183,7 @@ def push_space_main(argv: list[str] | None = None) -> int:
         _check_repo_id(args.model_id)
         token = _resolve_token(args.token)
         space_dir = Path(args.space_dir) if args.space_dir else _default_space_dir()
-        if not space_dir.is_dir():
-            raise PublishError(f"{space_dir} is not a folder")
-        files = [f for f in _folder_files(space_dir) if f.suffix != ".pyc" and f.as_posix() != CARD_FILE]
-        app_file = space_card(space_dir, args.model_id, "-").data.app_file
-        for needed in (app_file, "requirements.txt"):
-            if not (space_dir / needed).is_file():
-                raise PublishError(f"{space_dir} has no {needed}: a Gradio Space needs it")
+        files = plan_space_upload(space_dir)
     except PublishError as error:
         print(f"victorian-gpt push-space: error: {error}", file=sys.stderr)
         return 2
@@ -209,6 +203,9 @@ def push_space_main(argv: list[str] | None = None) -> int:
         commit = api.create_commit(
             args.repo_id, operations=operations, commit_message=args.commit_message, repo_type="space", token=token
         )
+    except PublishError as error:
+        print(f"victorian-gpt push-space: error: {error}", file=sys.stderr)
+        return 2
     except (HfHubHTTPError, ValueError) as error:
         print(f"victorian-gpt push-space: error: the Hub refused the upload: {error}", file=sys.stderr)
         return 1
@@ -216,12 +213,28 @@ def push_space_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def plan_space_upload(space_dir: Path) -> list[Path]:
+    """The Space's files (its README is rebuilt by `space_card`); raise PublishError if the app cannot run."""
+    if not space_dir.is_dir():
+        raise PublishError(f"{space_dir} is not a folder")
+    files = [f for f in _folder_files(space_dir) if f.suffix != ".pyc" and f.as_posix() != CARD_FILE]
+    app_file = space_card(space_dir, "-/-", "-").data.app_file
+    for needed in (app_file, "requirements.txt"):
+        if not (space_dir / needed).is_file():
+            raise PublishError(f"{space_dir} has no {needed}: a Gradio Space needs it")
+    return files
+
+
 def _model_dataset(api: HfApi, model_id: str, token: str) -> str:
-    """The dataset the model card names; the project's default dataset when the card names none."""
+    """The dataset the model's card names (the project's default dataset when it names none).
+
+    Also the check that the model exists: a Space serving a missing model would only fail once it boots.
+    """
     try:
-        datasets = (api.model_info(model_id, token=token).card_data or {}).get("datasets")
-    except HfHubHTTPError:
-        datasets = None
+        info = api.model_info(model_id, token=token)
+    except RepositoryNotFoundError:
+        raise PublishError(f"model {model_id} not found on the Hub: publish it first (victorian-gpt push)") from None
+    datasets = (info.card_data or {}).get("datasets")
     if datasets:
         return datasets[0] if isinstance(datasets, list) else datasets
     from victorian_gpt.sources import DEFAULT_DATASET

@@ -58,8 +58,8 @@ class Commit:
     oid: str
     parent: str | None
     message: str
-    files: dict[str, bytes]
-    via_api: bool  # made by a /commit request (not the repo's initial commit)
+    files: dict[str, bytes]  # the whole tree at this commit
+    sent: set[str]  # the paths the /commit request carried (empty for the repo's initial commit)
 
 
 @dataclass
@@ -76,14 +76,14 @@ class Repo:
         oid = self.branches.get(revision, revision)
         return self.commits.get(oid)
 
-    def commit(self, branch: str, message: str, files: dict[str, bytes], via_api: bool = True) -> Commit:
+    def commit(self, branch: str, message: str, files: dict[str, bytes], initial: bool = False) -> Commit:
         parent = self.branches.get(branch)
         tree = dict(self.commits[parent].files) if parent else {}
         tree.update(files)
         digest = hashlib.sha1(f"{parent}\n{message}\n".encode())
         for path in sorted(tree):
             digest.update(f"{path} {git_blob_id(tree[path])}\n".encode())
-        commit = Commit(digest.hexdigest(), parent, message, tree, via_api)
+        commit = Commit(digest.hexdigest(), parent, message, tree, set() if initial else set(files))
         self.commits[commit.oid] = commit
         self.branches[branch] = commit.oid
         return commit
@@ -104,7 +104,7 @@ class LoopbackHub(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def api_commits(self, repo_type: str, repo_id: str) -> list[Commit]:
-        return [c for c in self.repos[(repo_type, repo_id)].commits.values() if c.via_api]
+        return [c for c in self.repos[(repo_type, repo_id)].commits.values() if c.sent]
 
 
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -202,7 +202,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if (repo_type, repo_id) in self.server.repos:
             return self._json({"error": "You already created this repo", "url": url}, 409)
         repo = Repo(repo_type, repo_id, payload.get("visibility") == "private", payload.get("sdk"))
-        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, via_api=False)
+        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, initial=True)
         self.server.repos[(repo_type, repo_id)] = repo
         self._json({"url": url, "name": repo_id})
 
@@ -419,8 +419,8 @@ def test_push_uploads_the_export_in_one_commit(hub, pushed):
         ("POST", f"/api/models/{REPO_ID}/preupload/main"),
         ("POST", f"/api/models/{REPO_ID}/commit/main"),
     ]
-    uploaded = set(commit.files) - set(repo.commits[commit.parent].files)
-    assert uploaded == EXPECTED_MODEL_FILES
+    assert commit.sent == EXPECTED_MODEL_FILES
+    assert set(commit.files) == EXPECTED_MODEL_FILES | {".gitattributes"}
     assert not [p for p in commit.files if p.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
     for name in EXPECTED_MODEL_FILES - {"README.md"}:
         assert commit.files[name] == (export / name).read_bytes(), name
@@ -443,6 +443,10 @@ def test_push_to_a_new_branch_and_again_to_an_existing_repo(hub, pushed, tmp_pat
     generation = json.loads((changed / "generation_config.json").read_text())
     (changed / "generation_config.json").write_text(json.dumps({**generation, "temperature": 0.7}, indent=2))
     main_before = hub.repos[("model", REPO_ID)].branches["main"]
+    # A card written beforehand (here pinning main's commit in its snippet) is published as written.
+    from hub_card.card import main as card_main
+
+    assert card_main([str(changed), "--repo-id", REPO_ID, "--revision", main_before]) == 0
 
     result = run_cli(["push", str(changed), "--repo-id", REPO_ID, "--revision", "cooler"], hub.url, console_script=False)
     assert result.returncode == 0, result.stderr
@@ -451,6 +455,12 @@ def test_push_to_a_new_branch_and_again_to_an_existing_repo(hub, pushed, tmp_pat
     head = repo.commits[repo.branches["cooler"]]
     assert head.parent == main_before, "the new branch starts from main"
     assert json.loads(head.files["generation_config.json"])["temperature"] == 0.7
+    assert head.files["README.md"] == (changed / "README.md").read_bytes()
+    assert f'revision = "{main_before}"' in head.files["README.md"].decode()
+    assert "| `temperature` | 0.7 |" in head.files["README.md"].decode()
+    # Unchanged files are not sent again (the Hub's preupload answers their blob ids): only the two changes.
+    assert head.sent == {"README.md", "generation_config.json"}
+    assert set(head.files) == set(repo.commits[main_before].files)
     assert f"{hub.url}/{REPO_ID}/commit/{head.oid}" in result.stdout
 
 
@@ -530,3 +540,79 @@ def test_a_stranger_downloads_and_generates_over_http_then_offline(hub, pushed, 
     assert offline.returncode == 0, offline.stderr[-3000:]
     assert "OFFLINE OK" in offline.stdout
     assert len(hub.requests) == requests_before
+
+
+# --------------------------------------------------------------------------------------------------- the Space
+SPACE_README = """---
+title: Victorian GPT demo
+emoji: 🎩
+colorFrom: gray
+colorTo: yellow
+sdk: gradio
+sdk_version: 5.0.0
+app_file: app.py
+models:
+- someone/else
+pinned: false
+---
+
+Write like it is 1899.
+"""
+
+
+def _space_folder(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "app.py").write_text("import os\nMODEL_ID = os.environ['MODEL_ID']\n")
+    (folder / "textgen.py").write_text("# helpers the app imports\n")
+    (folder / "requirements.txt").write_text("torch\ntransformers\n")
+    (folder / "README.md").write_text(SPACE_README)
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\x00")
+    return folder
+
+
+def test_push_space_uploads_the_app_with_metadata_naming_model_and_dataset(hub, pushed, tmp_path):
+    from huggingface_hub import SpaceCard
+
+    space_id = "victoria/tiny-victorian-gpt-demo"
+    space_dir = _space_folder(tmp_path / "space")
+    result = run_cli(["push-space", "--repo-id", space_id, "--model-id", REPO_ID, "--space-dir", str(space_dir)], hub.url)
+    assert result.returncode == 0, result.stderr
+
+    space = hub.repos[("space", space_id)]
+    assert space.sdk == "gradio"
+    commits = hub.api_commits("space", space_id)
+    assert len(commits) == 1
+    files = commits[0].files
+    assert set(files) == {".gitattributes", "README.md", "app.py", "textgen.py", "requirements.txt"}
+    assert files["app.py"] == (space_dir / "app.py").read_bytes()
+    card = SpaceCard(files["README.md"].decode())
+    assert card.data.models == [REPO_ID], "the Space names the model it serves"
+    assert card.data.datasets == ["emozilla/pg19"], "and the dataset from the model's card"
+    assert (card.data.sdk, card.data.app_file, card.data.title, card.data.get("emoji")) == (
+        "gradio", "app.py", "Victorian GPT demo", "🎩"
+    ), "the app's own metadata is kept"
+    assert "Write like it is 1899." in card.text
+    assert space.variables == {"MODEL_ID": REPO_ID}
+    assert f"{hub.url}/spaces/{space_id}/commit/{commits[0].oid}" in result.stdout
+
+
+def test_push_space_refuses_a_missing_model_or_app(hub, tmp_path):
+    space_dir = _space_folder(tmp_path / "space")
+    result = run_cli(["push-space", "--repo-id", "victoria/demo", "--model-id", "victoria/never-pushed",
+                      "--space-dir", str(space_dir)], hub.url, console_script=False)
+    assert result.returncode == 2 and "model victoria/never-pushed not found on the Hub" in result.stderr
+    assert ("space", "victoria/demo") not in hub.repos
+
+    (space_dir / "app.py").unlink()
+    result = run_cli(["push-space", "--repo-id", "victoria/demo", "--model-id", REPO_ID,
+                      "--space-dir", str(space_dir)], hub.url, console_script=False)
+    assert result.returncode == 2 and "has no app.py" in result.stderr
+    assert ("space", "victoria/demo") not in hub.repos
+
+
+def test_push_space_defaults_to_the_spaces_app_package():
+    from conftest import REPO_ROOT
+    from hub_card.publish import _default_space_dir
+
+    assert _default_space_dir().resolve() == (REPO_ROOT / "spaces_app").resolve()
