@@ -22,12 +22,16 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
 
     shape = PRESETS[args.preset]
     ours, reference = build_pair(**shape)
-    ours.eval(), reference.eval()
+    dtype = getattr(torch, args.dtype)
+    ours.to(args.device, dtype).eval(), reference.to(args.device, dtype).eval()
     prompt = torch.randint(2, shape["vocab_size"], (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
+    prompt = prompt.to(args.device)
     mask = torch.ones_like(prompt)
     # Greedy with no EOS and no repetition penalty: both produce exactly `new_tokens` tokens, same work.
     settings = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
@@ -52,8 +56,9 @@ def main():
         "reference_ms_per_token": round(ms_per_token["reference"], 2),
         "ratio": round(ms_per_token["ours"] / ms_per_token["reference"], 3),
         "target": "<= 0.9",
+        "dtype": args.dtype,
         "repeats": args.repeats,
-        **environment(),
+        **environment(args.device),
     })
 
 

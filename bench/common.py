@@ -20,7 +20,9 @@ def build_pair(n_layer, n_embd, n_head, n_positions, vocab_size, seed=0):
     torch.manual_seed(seed)
     ours = VictorianGPTForCausalLM(VictorianGPTConfig(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     torch.manual_seed(seed)
-    ref_config = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    ref_config = GPT2Config(
+        **shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM"
+    )
     ref_config._attn_implementation = "sdpa"
     reference = GPT2LMHeadModel(ref_config)
     assert reference.config._attn_implementation == "sdpa"
@@ -32,19 +34,22 @@ def alternate(runs: dict, repeats: int):
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
+            _synchronize()
             start = time.perf_counter()
             fn()
+            _synchronize()
             times[name].append(time.perf_counter() - start)
     return times
 
 
-def environment():
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "device": "cpu",
-    }
+def _synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def environment(device="cpu"):
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    return {"torch": torch.__version__, "cpu_count": os.cpu_count(), "device": name}
 
 
 def emit(record: dict):
