@@ -90,9 +90,16 @@ def plan_model_upload(export_dir: Path, repo_id: str) -> list[CommitOperationAdd
         operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=str(card).encode()))
     else:
         try:
-            check_card(ModelCard.load(export_dir / CARD_FILE))
+            card = ModelCard.load(export_dir / CARD_FILE)
+            check_card(card)
         except ValueError as error:
             raise PublishError(f"{export_dir / CARD_FILE} is not a valid model card: {error}") from None
+        if repo_id not in card.text:
+            print(
+                f"note: {export_dir / CARD_FILE} never names {repo_id}; its usage snippet may point elsewhere "
+                f"(rewrite it with `victorian-gpt card {export_dir} --repo-id {repo_id}`)",
+                file=sys.stderr,
+            )
     return operations
 
 
@@ -147,19 +154,29 @@ def _default_space_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def space_card(space_dir: Path, model_id: str, dataset: str) -> SpaceCard:
-    """The Space's README: the app's own metadata, with `sdk: gradio` and `models`/`datasets` naming ours."""
+def load_space_card(space_dir: Path) -> SpaceCard:
+    """The app's README (its own title, emoji, app_file…) with `sdk: gradio`; a minimal one if it has none."""
     readme = space_dir / CARD_FILE
     if readme.is_file():
         card = SpaceCard.load(readme)
     else:
         card = SpaceCard.from_template(SpaceCardData(title="VictorianGPT", sdk="gradio", app_file="app.py"))
     card.data.sdk = "gradio"
-    card.data.models = [model_id]
-    card.data.datasets = [dataset]
     if not card.data.get("app_file"):
         card.data.app_file = "app.py"
     return card
+
+
+def plan_space_upload(space_dir: Path) -> tuple[list[Path], SpaceCard]:
+    """The Space's files (bar README.md) and its card; raise PublishError if the app could not run."""
+    if not space_dir.is_dir():
+        raise PublishError(f"{space_dir} is not a folder")
+    files = [f for f in _folder_files(space_dir) if f.suffix != ".pyc" and f.as_posix() != CARD_FILE]
+    card = load_space_card(space_dir)
+    for needed in (card.data.app_file, "requirements.txt"):
+        if not (space_dir / needed).is_file():
+            raise PublishError(f"{space_dir} has no {needed}: a Gradio Space needs it")
+    return files, card
 
 
 def push_space_main(argv: list[str] | None = None) -> int:
@@ -183,15 +200,15 @@ def push_space_main(argv: list[str] | None = None) -> int:
         _check_repo_id(args.model_id)
         token = _resolve_token(args.token)
         space_dir = Path(args.space_dir) if args.space_dir else _default_space_dir()
-        files = plan_space_upload(space_dir)
+        files, card = plan_space_upload(space_dir)
     except PublishError as error:
         print(f"victorian-gpt push-space: error: {error}", file=sys.stderr)
         return 2
 
     api = _hub()
     try:
-        dataset = args.dataset or _model_dataset(api, args.model_id, token)
-        card = space_card(space_dir, args.model_id, dataset)
+        card.data.models = [args.model_id]
+        card.data.datasets = [args.dataset or _model_dataset(api, args.model_id, token)]
         operations = [CommitOperationAdd(f.as_posix(), str(space_dir / f)) for f in files]
         operations.append(CommitOperationAdd(CARD_FILE, str(card).encode()))
         repo_url = api.create_repo(
@@ -211,18 +228,6 @@ def push_space_main(argv: list[str] | None = None) -> int:
         return 1
     print(commit.commit_url)
     return 0
-
-
-def plan_space_upload(space_dir: Path) -> list[Path]:
-    """The Space's files (its README is rebuilt by `space_card`); raise PublishError if the app cannot run."""
-    if not space_dir.is_dir():
-        raise PublishError(f"{space_dir} is not a folder")
-    files = [f for f in _folder_files(space_dir) if f.suffix != ".pyc" and f.as_posix() != CARD_FILE]
-    app_file = space_card(space_dir, "-/-", "-").data.app_file
-    for needed in (app_file, "requirements.txt"):
-        if not (space_dir / needed).is_file():
-            raise PublishError(f"{space_dir} has no {needed}: a Gradio Space needs it")
-    return files
 
 
 def _model_dataset(api: HfApi, model_id: str, token: str) -> str:
