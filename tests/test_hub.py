@@ -1,10 +1,10 @@
 """Publishing to the Hub and downloading from it, over HTTP, the way users do.
 
 `LoopbackHub` is a small Hub-protocol server on 127.0.0.1: the endpoints `HfApi.create_repo`, `create_branch`,
-`preupload`, `create_commit`, `add_space_variable`, `repo_info` and `list_repo_tree` call, and the `resolve` file
-downloads that `hf_hub_download` / `snapshot_download` / `from_pretrained` use. It keeps real git-like history
-(commits with parents, branches, blob ids = git blob sha1) and records every request, so the tests can assert
-what `victorian-gpt push` actually sent. The CLI runs as a subprocess with `HF_ENDPOINT` pointing at it; the
+`create_commit` (validate-yaml, preupload, commit), `add_space_variable`, `repo_info` and `list_repo_tree` call,
+and the `resolve` file downloads that `hf_hub_download` / `snapshot_download` / `from_pretrained` use. It keeps
+git-like history (commits with parents, branches, blob ids = git blob sha1) and records every request and what each
+commit carried, so the tests can assert what `victorian-gpt push` actually sent. The CLI runs as a subprocess with `HF_ENDPOINT` pointing at it; the
 downloads run in a stranger's process that cannot import `victorian_gpt`.
 
 (`olah`, a self-hosted Hub mirror, was tried first: it serves local git repos read-only, has no upload endpoints,
@@ -150,7 +150,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                 if match and (route_method == method or (route_method == "GET" and method == "HEAD")):
                     params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
                     if "type" in params:
-                        params["type"] = _TYPES[params["type"] if params["type"].endswith("s") else params["type"] + "s"]
+                        params["type"] = _TYPES[params["type"]]
                     return getattr(self, name)(**params)
             self._error(404, "NotFound", f"no route for {method} {path}")
 
@@ -472,11 +472,11 @@ def test_push_with_a_wrong_token_fails_cleanly(hub, hub_export):
 
 
 STRANGER_ONLINE = r"""
-import json, os, re, sys
+import os, re, sys
 import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 repo_id, pinned = sys.argv[1], sys.argv[2]
 snapshot = snapshot_download(repo_id)  # what `hf download` does: fills the cache, refs/main -> commit
