@@ -4,8 +4,8 @@
 `create_commit` (validate-yaml, preupload, commit), `add_space_variable`, `repo_info` and `list_repo_tree` call,
 and the `resolve` file downloads that `hf_hub_download` / `snapshot_download` / `from_pretrained` use. It keeps
 git-like history (commits with parents, branches, blob ids = git blob sha1) and records every request and what each
-commit carried, so the tests can assert what `victorian-gpt push` actually sent. The CLI runs as a subprocess with `HF_ENDPOINT` pointing at it; the
-downloads run in a stranger's process that cannot import `victorian_gpt`.
+commit carried, so the tests can assert what `victorian-gpt push` actually sent. The CLI runs as a subprocess with
+`HF_ENDPOINT` pointing at it; the downloads run in a stranger's process that cannot import `victorian_gpt`.
 
 (`olah`, a self-hosted Hub mirror, was tried first: it serves local git repos read-only, has no upload endpoints,
 and answers a missing folder with `401 RepoNotFound`, which makes `AutoTokenizer.from_pretrained` fail.)
