@@ -1,10 +1,11 @@
 """Publishing to the Hub and downloading from it, over HTTP, the way users do.
 
 `LoopbackHub` is a small Hub-protocol server on 127.0.0.1: the endpoints `HfApi.create_repo`, `create_branch`,
-`create_commit` (validate-yaml, preupload, commit), `add_space_variable`, `repo_info` and `list_repo_tree` call,
-and the `resolve` file downloads that `hf_hub_download` / `snapshot_download` / `from_pretrained` use. It keeps
-git-like history (commits with parents, branches, blob ids = git blob sha1) and records every request and what each
-commit carried, so the tests can assert what `victorian-gpt push` actually sent. The CLI runs as a subprocess with
+`create_commit` (validate-yaml, preupload, the LFS batch API for weights, commit), `add_space_variable`,
+`repo_info` and `list_repo_tree` call, and the `resolve` file downloads that `hf_hub_download` /
+`snapshot_download` / `from_pretrained` use. It keeps git-like history (commits with parents, branches, blob ids =
+git blob sha1, LFS objects by sha256) and records every request and what each commit carried, so the tests can
+assert what `victorian-gpt push` actually sent. The CLI runs as a subprocess with
 `HF_ENDPOINT` pointing at it; the downloads run in a stranger's process that cannot import `victorian_gpt`.
 
 (`olah`, a self-hosted Hub mirror, was tried first: it serves local git repos read-only, has no upload endpoints,
@@ -59,7 +60,7 @@ class Commit:
     parent: str | None
     message: str
     files: dict[str, bytes]  # the whole tree at this commit
-    sent: set[str]  # the paths the /commit request carried (empty for the repo's initial commit)
+    sent: dict[str, str]  # path -> how the /commit request carried it: "file" (inline) or "lfsFile" (LFS pointer)
 
 
 @dataclass
@@ -76,14 +77,14 @@ class Repo:
         oid = self.branches.get(revision, revision)
         return self.commits.get(oid)
 
-    def commit(self, branch: str, message: str, files: dict[str, bytes], initial: bool = False) -> Commit:
+    def commit(self, branch: str, message: str, files: dict[str, bytes], sent: dict[str, str]) -> Commit:
         parent = self.branches.get(branch)
         tree = dict(self.commits[parent].files) if parent else {}
         tree.update(files)
         digest = hashlib.sha1(f"{parent}\n{message}\n".encode())
         for path in sorted(tree):
             digest.update(f"{path} {git_blob_id(tree[path])}\n".encode())
-        commit = Commit(digest.hexdigest(), parent, message, tree, set() if initial else set(files))
+        commit = Commit(digest.hexdigest(), parent, message, tree, sent)
         self.commits[commit.oid] = commit
         self.branches[branch] = commit.oid
         return commit
@@ -97,6 +98,7 @@ class LoopbackHub(ThreadingHTTPServer):
         self.token = token
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.lfs: dict[str, bytes] = {}  # sha256 -> content, uploaded through the LFS batch API
         self.lock = threading.Lock()
 
     @property
@@ -115,6 +117,9 @@ _ROUTES = [
     ("POST", re.compile(rf"/api/{_REPO}/branch/(?P<rev>[^/]+)"), "create_branch"),
     ("POST", re.compile(rf"/api/{_REPO}/preupload/(?P<rev>[^/]+)"), "preupload"),
     ("POST", re.compile(rf"/api/{_REPO}/commit/(?P<rev>[^/]+)"), "commit"),
+    ("POST", re.compile(r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch"), "lfs_batch"),
+    ("PUT", re.compile(r"/lfs-storage/(?P<oid>[0-9a-f]{64})"), "lfs_put"),
+    ("POST", re.compile(r"/lfs-verify/(?P<oid>[0-9a-f]{64})"), "lfs_verify"),
     ("POST", re.compile(r"/api/spaces/(?P<repo>[^/]+/[^/]+)/variables"), "add_variable"),
     ("GET", re.compile(rf"/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?"), "repo_info"),
     ("GET", re.compile(rf"/api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?"), "tree"),
@@ -137,12 +142,15 @@ class _HubHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_PUT(self):
+        self._dispatch("PUT")
+
     # ---- plumbing
     def _dispatch(self, method: str):
         url = urlsplit(self.path)
         path = unquote(url.path)
         self.query = parse_qs(url.query)
-        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method in ("POST", "PUT") else b""
         with self.server.lock:
             self.server.requests.append((method, path))
             for route_method, pattern, name in _ROUTES:
@@ -202,7 +210,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if (repo_type, repo_id) in self.server.repos:
             return self._json({"error": "You already created this repo", "url": url}, 409)
         repo = Repo(repo_type, repo_id, payload.get("visibility") == "private", payload.get("sdk"))
-        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, initial=True)
+        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, sent={})
         self.server.repos[(repo_type, repo_id)] = repo
         self._json({"url": url, "name": repo_id})
 
@@ -239,9 +247,10 @@ class _HubHandler(BaseHTTPRequestHandler):
                 "files": [
                     {
                         "path": f["path"],
-                        "uploadMode": "regular",  # we take content inline; the real Hub would say "lfs" for weights
+                        # As on the Hub, .gitattributes decides: weights go through LFS, the rest inline.
+                        "uploadMode": "lfs" if _is_lfs(f["path"]) else "regular",
                         "shouldIgnore": False,
-                        "oid": git_blob_id(commit.files[f["path"]]) if f["path"] in commit.files else None,
+                        "oid": _oid(f["path"], commit.files[f["path"]]) if f["path"] in commit.files else None,
                     }
                     for f in files
                 ]
@@ -252,13 +261,44 @@ class _HubHandler(BaseHTTPRequestHandler):
         if (r := self._repo(type, repo, write=True)) is None or self._commit_at(r, rev) is None:
             return
         lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
-        header, files = lines[0]["value"], {}
+        header, files, sent = lines[0]["value"], {}, {}
         for item in lines[1:]:
-            if item["key"] != "file" or item["value"].get("encoding") != "base64":
-                return self._error(400, "BadRequest", f"unsupported commit operation {item['key']}")
-            files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-        commit = r.commit(rev, header["summary"], files)
+            key, value = item["key"], item["value"]
+            if key == "file" and value.get("encoding") == "base64":
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile" and value["oid"] in self.server.lfs:
+                files[value["path"]] = self.server.lfs[value["oid"]]
+            else:
+                return self._error(400, "BadRequest", f"cannot commit {key} {value.get('path')}")
+            sent[value["path"]] = key
+        commit = r.commit(rev, header["summary"], files, sent)
         self._json({"success": True, "commitOid": commit.oid, "commitUrl": f"{self.server.url}/{self._prefix(r.repo_type)}{r.repo_id}/commit/{commit.oid}"})
+
+    def lfs_batch(self, repo, type="model"):
+        if self._repo(type, repo, write=True) is None:
+            return
+        objects = []
+        for obj in json.loads(self.body)["objects"]:
+            actions = None
+            if obj["oid"] not in self.server.lfs:  # already stored: nothing to upload
+                actions = {
+                    "upload": {"href": f"{self.server.url}/lfs-storage/{obj['oid']}"},
+                    "verify": {"href": f"{self.server.url}/lfs-verify/{obj['oid']}"},
+                }
+            objects.append({"oid": obj["oid"], "size": obj["size"], **({"actions": actions} if actions else {})})
+        self._json({"transfer": "basic", "objects": objects})
+
+    def lfs_put(self, oid):
+        if hashlib.sha256(self.body).hexdigest() != oid:
+            return self._error(400, "BadRequest", "content does not match its sha256")
+        self.server.lfs[oid] = self.body
+        self._send(200)
+
+    def lfs_verify(self, oid):
+        payload = json.loads(self.body)
+        if len(self.server.lfs.get(oid, b"")) != payload["size"] or not self._authorized():
+            return self._error(404, "NotFound", f"LFS object {oid} not uploaded")
+        self._json({})
 
     def add_variable(self, repo):
         if (r := self._repo("space", repo, write=True)) is None:
@@ -300,7 +340,10 @@ class _HubHandler(BaseHTTPRequestHandler):
             if "/" in rest and not recursive:
                 dirs.add(prefix + rest.split("/")[0])
             else:
-                entries.append({"type": "file", "oid": git_blob_id(data), "size": len(data), "path": name})
+                entry = {"type": "file", "oid": git_blob_id(data), "size": len(data), "path": name}
+                if _is_lfs(name):
+                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entries.append(entry)
         if prefix and not entries and not dirs:
             return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", {"X-Repo-Commit": commit.oid})
         self._json([{"type": "directory", "oid": "0" * 40, "size": 0, "path": d} for d in sorted(dirs)] + entries)
@@ -311,7 +354,16 @@ class _HubHandler(BaseHTTPRequestHandler):
         if path not in commit.files:
             return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", {"X-Repo-Commit": commit.oid})
         data = commit.files[path]
-        self._send(200, data, {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_id(data)}"'}, "application/octet-stream")
+        # The Hub's ETag for an LFS file is its sha256 (the cache names the blob by it), else the git blob id.
+        self._send(200, data, {"X-Repo-Commit": commit.oid, "ETag": f'"{_oid(path, data)}"'}, "application/octet-stream")
+
+
+def _is_lfs(path: str) -> bool:
+    return path.endswith(".safetensors")  # what the repos' initial .gitattributes sends to LFS
+
+
+def _oid(path: str, data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest() if _is_lfs(path) else git_blob_id(data)
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +379,8 @@ def hub():
 def run_cli(args: list[str], endpoint: str, token: str | None = TOKEN, console_script: bool = True):
     """`victorian-gpt ARGS` in a subprocess with HF_ENDPOINT at the loopback Hub (the test process itself is forced
     offline). `console_script=False` calls the same subcommand function without the dispatcher's heavy imports."""
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    # HF_HUB_DISABLE_XET: large files take the LFS batch API (which LoopbackHub serves) instead of Xet storage.
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_TOKEN", None)
     if token is not None:
         env["HF_TOKEN"] = token
@@ -413,13 +466,18 @@ def test_push_uploads_the_export_in_one_commit(hub, pushed):
     assert len(commits) == 1, "the export must arrive in one commit"
     commit = commits[0]
     assert repo.branches["main"] == commit.oid and commit.message == "Tiny VictorianGPT"
-    assert [r for r in requests if r[0] == "POST"] == [
+    weights_sha256 = hashlib.sha256((export / "model.safetensors").read_bytes()).hexdigest()
+    assert [r for r in requests if r[0] in ("POST", "PUT")] == [
         ("POST", "/api/repos/create"),
         ("POST", "/api/validate-yaml"),  # the Hub checks the card's metadata before any file goes up
         ("POST", f"/api/models/{REPO_ID}/preupload/main"),
-        ("POST", f"/api/models/{REPO_ID}/commit/main"),
+        ("POST", f"/{REPO_ID}.git/info/lfs/objects/batch"),  # the weights go to LFS storage first
+        ("PUT", f"/lfs-storage/{weights_sha256}"),
+        ("POST", f"/lfs-verify/{weights_sha256}"),
+        ("POST", f"/api/models/{REPO_ID}/commit/main"),  # then one commit references them
     ]
-    assert commit.sent == EXPECTED_MODEL_FILES
+    assert set(commit.sent) == EXPECTED_MODEL_FILES
+    assert commit.sent["model.safetensors"] == "lfsFile" and commit.sent["config.json"] == "file"
     assert set(commit.files) == EXPECTED_MODEL_FILES | {".gitattributes"}
     assert not [p for p in commit.files if p.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
     for name in EXPECTED_MODEL_FILES - {"README.md"}:
@@ -459,7 +517,7 @@ def test_push_to_a_new_branch_and_again_to_an_existing_repo(hub, pushed, tmp_pat
     assert f'revision = "{main_before}"' in head.files["README.md"].decode()
     assert "| `temperature` | 0.7 |" in head.files["README.md"].decode()
     # Unchanged files are not sent again (the Hub's preupload answers their blob ids): only the two changes.
-    assert head.sent == {"README.md", "generation_config.json"}
+    assert set(head.sent) == {"README.md", "generation_config.json"}
     assert set(head.files) == set(repo.commits[main_before].files)
     assert f"{hub.url}/{REPO_ID}/commit/{head.oid}" in result.stdout
 
@@ -532,7 +590,9 @@ def test_a_stranger_downloads_and_generates_over_http_then_offline(hub, pushed, 
     assert (repo_cache / "refs" / "main").read_text() == commit.oid
     snapshot = repo_cache / "snapshots" / commit.oid
     assert {p.name for p in snapshot.iterdir()} >= EXPECTED_MODEL_FILES | {".gitattributes"}
-    assert (snapshot / "model.safetensors").is_symlink() and (snapshot / "model.safetensors").resolve().parent == repo_cache / "blobs"
+    weights = snapshot / "model.safetensors"
+    assert weights.is_symlink() and weights.resolve().parent == repo_cache / "blobs"
+    assert weights.resolve().name == hashlib.sha256(commit.files["model.safetensors"]).hexdigest()  # LFS blob name
 
     requests_before = len(hub.requests)
     offline_env = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
