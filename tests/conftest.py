@@ -126,3 +126,63 @@ def hub_export(tmp_path, tiny_export) -> Path:
     folder = tmp_path / "tiny-victorian-gpt"
     shutil.copytree(tiny_export, folder)
     return complete_export_for_hub(folder)
+
+
+# ---- serving (Space, TGI-protocol server, generate CLI)
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A random 6-layer, 384-wide model with a 1,024-token context (~5 ms a token on CPU): slow enough for tests
+    that stop a generation part-way, which the tiny model finishes before anyone can press Stop."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
+    from victorian_gpt.export import save_model_folder
+
+    torch.manual_seed(0)
+    config = VictorianGPTConfig.from_preset("small", vocab_size=512, n_positions=1024)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.model_max_length = config.n_positions
+    model = VictorianGPTForCausalLM(config)
+    return save_model_folder(model, tokenizer, tmp_path_factory.mktemp("export") / "small-victorian-gpt")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, log: Path | None = None):
+    """Poll `url` until it answers 200; fail early (with the log) if `proc` dies, fail after `timeout` seconds."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:] if log else ''}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a server started by a test; kill it if it does not exit within 10 seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -1,0 +1,334 @@
+"""A Text Generation Inference-compatible HTTP server for a VictorianGPT export (or any causal LM on the Hub).
+
+`victorian-gpt serve MODEL [--host 127.0.0.1] [--port 8080]` speaks TGI's wire protocol, so `text_generation.Client`,
+`huggingface_hub.InferenceClient(base_url)` and anything else written for TGI work unchanged:
+
+- `POST /generate` → `{"generated_text", "details"?}`; `POST /generate_stream` → server-sent events, one
+  `{"index", "token", "top_tokens", "generated_text": null, "details": null}` per token, the last one carrying
+  `generated_text` (and `details` when asked); `POST /` switches on `"stream"` and wraps a non-streamed answer in a
+  list, defaulting `return_full_text` to true as TGI does for text-generation models; `GET /info`, `GET /health`.
+- Parameters and their checks are TGI's; a bad one is HTTP 422 `{"error": ..., "error_type": "validation"}`. A prompt
+  longer than `--max-input-tokens` is rejected unless the request sets `truncate`, which keeps its last tokens.
+- Each request runs its own `generate()` thread (spaces_app/textgen.py), so streams are served concurrently and never
+  share tokens or random state; a client that disconnects cancels its generation at the next token. Requests beyond
+  `--max-concurrent-requests` get 429 `overloaded`, like TGI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+try:
+    from spaces_app import textgen
+except ImportError:  # uploaded beside textgen.py (a Space or a bare copy)
+    import textgen
+
+logger = logging.getLogger("victorian_gpt.serving")
+
+VERSION = "0.1.0"
+
+
+class Parameters(BaseModel):
+    """TGI's `GenerateParameters`. Unknown fields are ignored, as serde does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    best_of: int | None = None
+    decoder_input_details: bool = False
+    details: bool = False
+    do_sample: bool = False
+    frequency_penalty: float | None = None
+    grammar: dict | None = None
+    max_new_tokens: int | None = None
+    repetition_penalty: float | None = None
+    return_full_text: bool | None = None
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    temperature: float | None = None
+    top_k: int | None = None
+    top_n_tokens: int | None = None
+    top_p: float | None = None
+    truncate: int | None = None
+    typical_p: float | None = None
+    watermark: bool = False
+    adapter_id: str | None = None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str
+    parameters: Parameters = Field(default_factory=Parameters)
+    stream: bool = False  # only read by `POST /`
+
+
+def error_response(status: int, message: str, error_type: str) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+
+
+class Overloaded(Exception):
+    pass
+
+
+class TGIServer:
+    """The model, its limits and the request bookkeeping behind the routes."""
+
+    def __init__(self, model, tokenizer, *, model_id: str, limits: textgen.Limits, max_concurrent_requests: int = 128):
+        self.model, self.tokenizer, self.model_id, self.limits = model, tokenizer, model_id, limits
+        self.max_concurrent_requests = max_concurrent_requests
+        self.running = 0
+
+    def info(self) -> dict:
+        return {
+            "model_id": self.model_id,
+            "model_sha": None,
+            "model_dtype": str(self.model.dtype),
+            "model_device_type": self.model.device.type,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": self.max_concurrent_requests,
+            "max_best_of": 1,
+            "max_stop_sequences": self.limits.max_stop_sequences,
+            "max_input_tokens": self.limits.max_input_tokens,
+            "max_input_length": self.limits.max_input_tokens,  # the name before TGI 2.1
+            "max_total_tokens": self.limits.max_total_tokens,
+            "max_client_batch_size": 1,
+            "validation_workers": 1,
+            "router": "victorian-gpt",
+            "version": VERSION,
+            "sha": None,
+            "docker_label": None,
+        }
+
+    def start(self, req: GenerateRequest, *, asynchronous: bool = True) -> textgen.Generation:
+        """Validate `req` (TGI's rules) and start its generation thread."""
+        p = req.parameters
+        if p.best_of is not None and p.best_of != 1:
+            raise textgen.ValidationError("`best_of` != 1 is not allowed for this endpoint")
+        if p.frequency_penalty is not None and not -2.0 <= p.frequency_penalty <= 2.0:
+            raise textgen.ValidationError("`frequency_penalty` must be >= -2.0 and <= 2.0")
+        if p.frequency_penalty:
+            raise textgen.ValidationError("`frequency_penalty` is not supported by this server")
+        if p.top_n_tokens:
+            raise textgen.ValidationError(f"`top_n_tokens` must be >= 0 and <= 0. Given: {p.top_n_tokens}")
+        if p.grammar is not None:
+            raise textgen.ValidationError("grammar is not supported")
+        if p.watermark:
+            raise textgen.ValidationError("`watermark` is not supported by this server")
+        if p.adapter_id:
+            raise textgen.ValidationError("`adapter_id` is not supported by this server")
+        input_ids, params = textgen.prepare_request(
+            self.tokenizer,
+            req.inputs,
+            self.limits,
+            max_new_tokens=p.max_new_tokens,
+            do_sample=p.do_sample,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            typical_p=p.typical_p,
+            repetition_penalty=p.repetition_penalty,
+            seed=p.seed,
+            stop=p.stop,
+            truncate=p.truncate,
+        )
+        if self.running >= self.max_concurrent_requests:
+            raise Overloaded("Model is overloaded")
+        self.running += 1  # the event loop is single-threaded: no lock needed
+        generation = textgen.Generation(self.model, self.tokenizer, input_ids, params, asynchronous=asynchronous)
+        generation.input_length = len(input_ids)
+        generation.prefill = self.prefill(input_ids) if p.decoder_input_details else []
+        return generation
+
+    def release(self, generation: textgen.Generation):
+        self.running -= 1
+        generation.cancel()
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: list[int]) -> list[dict]:
+        """TGI's `decoder_input_details`: the prompt tokens with the log-probability the model gives each."""
+        ids = torch.tensor([input_ids], device=self.model.device)
+        logprobs = torch.log_softmax(self.model(ids).logits[0, :-1].float(), dim=-1)
+        picked = logprobs.gather(-1, ids[0, 1:, None])[:, 0].tolist()
+        texts = [self.tokenizer.decode([i]) for i in input_ids]
+        return [{"id": i, "text": t, "logprob": lp} for i, t, lp in zip(input_ids, texts, [None] + picked)]
+
+    def details(self, generation: textgen.Generation, stream: bool) -> dict:
+        details = {
+            "finish_reason": generation.finish_reason,
+            "generated_tokens": generation.generated_tokens,
+            "seed": generation.params.seed,
+        }
+        if stream:
+            details["input_length"] = generation.input_length
+        else:
+            details["prefill"] = generation.prefill
+            details["tokens"] = [t.to_dict() for t in generation.tokens]
+            details["top_tokens"] = None
+            details["best_of_sequences"] = None
+        return details
+
+    @staticmethod
+    def output_text(req: GenerateRequest, generation: textgen.Generation) -> str:
+        text = generation.generated_text
+        return req.inputs + text if req.parameters.return_full_text else text
+
+    async def generate(self, request: Request, req: GenerateRequest) -> dict:
+        """Run to completion, cancelling if the client hangs up meanwhile."""
+        generation = self.start(req)
+        try:
+            consume = asyncio.ensure_future(_drain(generation))
+            while not consume.done():
+                await asyncio.wait({consume}, timeout=0.25)
+                if not consume.done() and await request.is_disconnected():
+                    generation.cancel()
+            consume.result()  # re-raises a GenerationError
+        finally:
+            self.release(generation)
+        response = {"generated_text": self.output_text(req, generation)}
+        if req.parameters.details or req.parameters.decoder_input_details:
+            response["details"] = self.details(generation, stream=False)
+        return response
+
+    def generate_stream(self, req: GenerateRequest) -> StreamingResponse:
+        if req.parameters.decoder_input_details:
+            raise textgen.ValidationError("`decoder_input_details` == true is not supported when streaming tokens")
+        generation = self.start(req)
+
+        async def events():
+            # Closing this generator (Starlette does when the client disconnects) cancels the generation.
+            try:
+                index, ended = 0, False
+                async for token in generation:
+                    index += 1
+                    event = {"index": index, "token": token.to_dict(), "top_tokens": None,
+                             "generated_text": None, "details": None}
+                    if token.last:  # TGI's last event also carries the whole text (and details if asked)
+                        ended = True
+                        event["generated_text"] = self.output_text(req, generation)
+                        if req.parameters.details:
+                            event["details"] = self.details(generation, stream=True)
+                    yield _sse(event)
+                if not ended:
+                    yield _sse({"error": "Incomplete generation", "error_type": "incomplete_generation"})
+            except textgen.GenerationError as error:
+                yield _sse({"error": str(error), "error_type": "generation"})
+            finally:
+                self.release(generation)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+
+async def _drain(generation: textgen.Generation):
+    async for _ in generation:
+        pass
+
+
+def _sse(payload: dict) -> str:
+    return f"data:{json.dumps(payload)}\n\n"
+
+
+def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None = None,
+               max_concurrent_requests: int = 128) -> FastAPI:
+    """The FastAPI application serving `model` with TGI's routes."""
+    server = TGIServer(model, tokenizer, model_id=model_id, limits=limits or textgen.Limits.for_model(model, tokenizer),
+                       max_concurrent_requests=max_concurrent_requests)
+    app = FastAPI(title="VictorianGPT — Text Generation Inference API", version=VERSION)
+    app.state.server = server
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_json(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return error_response(422, f"Failed to deserialize the JSON body: `{where}`: {first.get('msg', exc)}",
+                              "validation")
+
+    @app.exception_handler(textgen.ValidationError)
+    async def _invalid(request: Request, exc: textgen.ValidationError):
+        return error_response(422, str(exc), "validation")
+
+    @app.exception_handler(textgen.GenerationError)
+    async def _failed(request: Request, exc: textgen.GenerationError):
+        return error_response(424, str(exc), "generation")
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return error_response(429, str(exc), "overloaded")
+
+    @app.post("/generate")
+    async def generate(request: Request, req: GenerateRequest):
+        return await server.generate(request, req)
+
+    @app.post("/generate_stream")
+    async def generate_stream(req: GenerateRequest):
+        return server.generate_stream(req)
+
+    @app.post("/")
+    async def compat_generate(request: Request, req: GenerateRequest):
+        if req.parameters.return_full_text is None:  # TGI: text-generation models return the prompt too on `/`
+            req.parameters.return_full_text = True
+        if req.stream:
+            return server.generate_stream(req)
+        return [await server.generate(request, req)]
+
+    @app.get("/info")
+    async def info():
+        return server.info()
+
+    @app.get("/health")
+    async def health():
+        return Response(status_code=200)
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="victorian-gpt serve",
+        description="Serve a model over Text Generation Inference's HTTP API (/generate, /generate_stream, /info).",
+    )
+    parser.add_argument("model", help="Hub repo id or local folder of an exported model")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--max-input-tokens", type=int, default=None,
+                        help="longest prompt accepted (default: context length - 1)")
+    parser.add_argument("--max-total-tokens", type=int, default=None,
+                        help="prompt + generated tokens per request (default: the model's context length)")
+    parser.add_argument("--max-concurrent-requests", type=int, default=128,
+                        help="requests served at once; more get HTTP 429 (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="torch dtype to load the weights in, e.g. bfloat16")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
+        limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens)
+    except (OSError, ValueError) as error:
+        print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
+        return 2
+    app = create_app(model, tokenizer, model_id=args.model, limits=limits,
+                     max_concurrent_requests=args.max_concurrent_requests)
+    logger.info("serving %s on http://%s:%d (%s)", args.model, args.host, args.port, limits)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

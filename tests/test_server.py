@@ -1,0 +1,283 @@
+"""`victorian-gpt serve`: Text Generation Inference's HTTP API, checked with TGI's own clients on 127.0.0.1.
+
+One server process (the real console entry point) serves a random small export for the whole module; its log is
+read to see that a client which hangs up really stops its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from conftest import free_port, stop_process, wait_for_http
+
+PROMPT = "It was a dark and stormy night; the rain fell in torrents"
+GEN_LINE = re.compile(r"(gen-\d+) (finished|cancelled|failed) after (\d+)/(\d+) tokens")
+
+
+@pytest.fixture(scope="module")
+def server(small_export, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "victorian_gpt.cli", "serve", str(small_export), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", proc, timeout=120, log=log)
+        yield url, log
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def reference(small_export):
+    """The same export loaded here as a stranger would, to compare against plain `generate()`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(small_export, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(small_export, trust_remote_code=True).eval()
+    return model, tokenizer
+
+
+@pytest.fixture
+def local_hub_client(monkeypatch):
+    """conftest forces HF_HUB_OFFLINE, which also blocks InferenceClient; our server is on 127.0.0.1, so allow it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def greedy_ids(reference, prompt: str, max_new_tokens: int, **kwargs) -> list[int]:
+    model, tokenizer = reference
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    kwargs.setdefault("repetition_penalty", 1.0)  # TGI's neutral value, not the model's sampling default
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
+                         temperature=None, **kwargs)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def wait_for_log(log, predicate, timeout=20.0):
+    """The first generation record of the server log satisfying `predicate`, waiting up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for match in GEN_LINE.finditer(log.read_text()):
+            if predicate(match):
+                return match
+        time.sleep(0.1)
+    pytest.fail(f"no matching generation record in the server log:\n{log.read_text()[-2000:]}")
+
+
+def test_info_and_health(server):
+    url, _ = server
+    assert requests.get(url + "/health", timeout=10).status_code == 200
+    info = requests.get(url + "/info", timeout=10).json()
+    assert info["max_total_tokens"] == 1024 and info["max_input_tokens"] == 1023
+    assert info["model_pipeline_tag"] == "text-generation"
+
+
+def test_text_generation_client_matches_generate(server, reference):
+    from text_generation import Client
+
+    url, _ = server
+    client = Client(url, timeout=60)
+    expected = greedy_ids(reference, PROMPT, 16, repetition_penalty=1.3)
+
+    response = client.generate(PROMPT, max_new_tokens=16, repetition_penalty=1.3)
+    assert [t.id for t in response.details.tokens] == expected
+    assert response.generated_text == reference[1].decode(expected, skip_special_tokens=True)
+    assert response.details.generated_tokens == len(expected)
+    assert response.details.finish_reason in ("length", "eos_token")
+    assert all(t.logprob is not None and t.logprob <= 0 for t in response.details.tokens)
+
+    events = list(client.generate_stream(PROMPT, max_new_tokens=16, repetition_penalty=1.3))
+    assert [e.token.id for e in events] == expected  # one event per token
+    assert all(e.generated_text is None for e in events[:-1])
+    assert events[-1].generated_text == response.generated_text
+    assert events[-1].details.generated_tokens == len(expected)
+    assert "".join(e.token.text for e in events if not e.token.special) in response.generated_text
+
+
+def test_async_client_seeded_sampling(server):
+    from text_generation import AsyncClient
+
+    url, _ = server
+
+    async def run():
+        client = AsyncClient(url, timeout=60)
+        kwargs = dict(max_new_tokens=12, do_sample=True, temperature=1.3, top_k=50, top_p=0.95, seed=7)
+        first = await client.generate(PROMPT, **kwargs)
+        again = await client.generate(PROMPT, **kwargs)
+        other = await client.generate(PROMPT, **{**kwargs, "seed": 8})
+        streamed = [r async for r in client.generate_stream(PROMPT, **kwargs)]
+        return first, again, other, streamed
+
+    first, again, other, streamed = asyncio.run(run())
+    assert first.details.seed == 7 and first.generated_text == again.generated_text
+    assert [t.id for t in first.details.tokens] != [t.id for t in other.details.tokens]
+    assert [r.token.id for r in streamed] == [t.id for t in first.details.tokens]
+    assert streamed[-1].generated_text == first.generated_text
+
+
+def test_inference_client_stream_with_details(server, reference, local_hub_client):
+    from huggingface_hub import InferenceClient
+
+    url, _ = server
+    client = InferenceClient(url)
+    outputs = list(client.text_generation(PROMPT, max_new_tokens=10, stream=True, details=True))
+    assert len(outputs) == 10 and [o.token.id for o in outputs] == greedy_ids(reference, PROMPT, 10)
+    last = outputs[-1]
+    assert last.details.finish_reason == "length" and last.details.generated_tokens == 10
+    # `POST /` (where InferenceClient posts) returns the prompt too unless told otherwise, as TGI does
+    generated = reference[1].decode([o.token.id for o in outputs], skip_special_tokens=True)
+    assert last.generated_text == PROMPT + generated
+    plain = client.text_generation(PROMPT, max_new_tokens=10, return_full_text=False)
+    assert plain == generated
+    detailed = client.text_generation(PROMPT, max_new_tokens=10, details=True, return_full_text=False)
+    assert detailed.generated_text == generated and len(detailed.details.tokens) == 10
+
+
+def test_stop_sequence(server):
+    from text_generation import Client
+
+    url, _ = server
+    client = Client(url, timeout=60)
+    full = client.generate(PROMPT, max_new_tokens=12).generated_text
+    stop = full[5:9]  # a stop sequence the greedy text is bound to produce
+    response = client.generate(PROMPT, max_new_tokens=12, stop_sequences=[stop])
+    assert response.details.finish_reason == "stop_sequence"
+    assert response.generated_text.endswith(stop) and full.startswith(response.generated_text)
+
+
+BAD_PARAMETERS = [
+    ({"temperature": 0}, "`temperature` must be strictly positive"),
+    ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
+    ({"top_k": 0}, "`top_k` must be strictly positive"),
+    ({"max_new_tokens": 0}, "`max_new_tokens` must be strictly positive"),
+    ({"repetition_penalty": -1}, "`repetition_penalty` must be strictly positive"),
+    ({"max_new_tokens": 5000}, "`inputs` tokens + `max_new_tokens` must be <= 1024"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5"),
+    ({"truncate": 2000}, "`truncate` must be strictly positive and less than 1023"),
+    ({"best_of": 2, "do_sample": True}, "`best_of` != 1 is not allowed"),
+    ({"top_k": "many"}, "top_k"),
+]
+
+
+@pytest.mark.parametrize("route", ["/generate", "/generate_stream", "/"])
+def test_bad_parameters_are_422(server, route):
+    url, _ = server
+    for parameters, message in BAD_PARAMETERS:
+        response = requests.post(url + route, json={"inputs": PROMPT, "parameters": parameters}, timeout=30)
+        assert response.status_code == 422, (parameters, response.text)
+        body = response.json()
+        assert body["error_type"] == "validation" and message in body["error"], (parameters, body)
+    assert requests.post(url + route, json={"inputs": ""}, timeout=30).json()["error"] == "`inputs` cannot be empty"
+
+
+def test_long_prompt_rejected_or_truncated(server, local_hub_client):
+    import huggingface_hub
+    import text_generation
+
+    url, _ = server
+    long_prompt = "the " * 1500  # > 1,023 tokens
+    with pytest.raises(text_generation.errors.ValidationError, match="`inputs` tokens \\+ `max_new_tokens`"):
+        text_generation.Client(url, timeout=60).generate(long_prompt, max_new_tokens=4)
+    with pytest.raises(huggingface_hub.errors.ValidationError, match="must be <= 1024"):
+        huggingface_hub.InferenceClient(url).text_generation(long_prompt, max_new_tokens=4)
+    # with `truncate`, only the prompt's last tokens are kept, as TGI does
+    events = list(text_generation.Client(url, timeout=60).generate_stream(long_prompt, max_new_tokens=4, truncate=50))
+    assert len(events) == 4 and events[-1].generated_text is not None
+    raw = requests.post(url + "/generate_stream", timeout=60, json={
+        "inputs": long_prompt, "parameters": {"max_new_tokens": 2, "truncate": 50, "details": True}})
+    last = json.loads(raw.text.strip().split("\n\n")[-1][len("data:"):])
+    assert last["details"]["input_length"] == 50
+
+
+def test_eight_concurrent_streams_get_their_own_tokens(server):
+    """Eight seeded streams at once: each must equal the same request served alone, and they must overlap in time."""
+    from text_generation import AsyncClient
+
+    url, _ = server
+    prompts = [f"{PROMPT}, said {name}," for name in ("Ann", "Bob", "Cy", "Di", "Ed", "Flo", "Gus", "Hal")]
+    kwargs = dict(max_new_tokens=24, do_sample=True, temperature=1.0, top_k=50)
+
+    async def one(client, i):
+        start = time.monotonic()
+        events = [e async for e in client.generate_stream(prompts[i], seed=100 + i, **kwargs)]
+        return start, time.monotonic(), events
+
+    async def run():
+        client = AsyncClient(url, timeout=120)
+        concurrent = await asyncio.gather(*(one(client, i) for i in range(8)))
+        alone = [await client.generate(prompts[i], seed=100 + i, **kwargs) for i in range(8)]
+        return concurrent, alone
+
+    concurrent, alone = asyncio.run(run())
+    for (_, _, events), single in zip(concurrent, alone):
+        assert [e.token.id for e in events] == [t.id for t in single.details.tokens]
+        assert events[-1].generated_text == single.generated_text
+    assert len({single.generated_text for single in alone}) == 8  # distinct streams, so mixing would show
+    assert max(start for start, _, _ in concurrent) < min(end for _, end, _ in concurrent)  # really concurrent
+
+
+def test_disconnect_stops_generation(server):
+    url, log = server
+    # streaming: read a few events, then hang up
+    with requests.post(url + "/generate_stream", stream=True, timeout=60,
+                       json={"inputs": PROMPT + " (stream)", "parameters": {"max_new_tokens": 900}}) as response:
+        lines = response.iter_lines()
+        events = []
+        for line in lines:
+            if line.startswith(b"data:"):
+                events.append(line)
+                if len(events) == 3:
+                    break
+    record = wait_for_log(log, lambda m: m.group(4) == "900")
+    assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
+
+    # non-streaming: give up waiting after a moment
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(url + "/generate", timeout=(5, 1.0),
+                      json={"inputs": PROMPT + " (plain)", "parameters": {"max_new_tokens": 950}})
+    record = wait_for_log(log, lambda m: m.group(4) == "950")
+    assert record.group(2) == "cancelled" and int(record.group(3)) < 950, record.group(0)
+
+
+def test_serve_rejects_a_missing_model(tmp_path):
+    from spaces_app.server import main
+
+    assert main([str(tmp_path / "nothing-here"), "--port", str(free_port())]) == 2
+
+
+def test_generation_error_reaches_the_consumer(tiny_export):
+    """An exception inside generate() (here: the forward pass) is raised to whoever iterates, promptly."""
+    from spaces_app import textgen
+
+    model, tokenizer = textgen.load_model(str(tiny_export))
+    calls = {"n": 0}
+    forward = model.forward
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("boom at step 4")
+        return forward(*args, **kwargs)
+
+    model.forward = failing_forward
+    input_ids, params = textgen.prepare_request(tokenizer, PROMPT, textgen.Limits.for_model(model, tokenizer),
+                                                max_new_tokens=20)
+    generation = textgen.Generation(model, tokenizer, input_ids, params, timeout=30)
+    start = time.monotonic()
+    with pytest.raises(textgen.GenerationError, match="boom at step 4"):
+        for _ in generation:
+            pass
+    assert time.monotonic() - start < 10 and len(generation.tokens) == 3
+    assert textgen.active_generations() == 0

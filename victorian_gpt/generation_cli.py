@@ -1,0 +1,209 @@
+"""`victorian-gpt generate`: text from a model folder or Hub repo, one prompt, a file of prompts, or interactively.
+
+    victorian-gpt generate MODEL --prompt "It was a dark and stormy night" [--stream]
+    victorian-gpt generate MODEL --prompts-file openings.txt > continuations.jsonl
+    victorian-gpt generate MODEL --interactive
+
+Sampling defaults are the model's own (`generation_config.json`); the flags override them. Generation itself is the
+serving code's (spaces_app/textgen.py), so the CLI, the Space and the TGI server validate and sample identically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP_INTERACTIVE = """Type an opening and press Enter to continue it. Commands:
+  /temperature T      set the temperature (e.g. /temperature 0.8)
+  /max-new-tokens N   set the length of each continuation (also /length N)
+  /top-k K, /top-p P, /repetition-penalty R, /seed S   set the other controls
+  /settings           show the current settings
+  /help               this text
+  /quit               leave (also /exit, or Ctrl-D)
+Ctrl-C while text is being written stops that continuation."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="victorian-gpt generate",
+        description="Generate text with a VictorianGPT model (an exported folder or a Hub repo id).",
+    )
+    parser.add_argument("model", help="Hub repo id or local folder of an exported model")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the opening to continue")
+    source.add_argument("--prompts-file", help="a text file with one prompt per line; writes JSON Lines")
+    source.add_argument("--interactive", action="store_true", help="a prompt loop (type /help inside)")
+    sampling = parser.add_argument_group("generation (defaults: the model's generation_config.json)")
+    sampling.add_argument("--max-new-tokens", type=int, default=None)
+    sampling.add_argument("--temperature", type=float, default=None)
+    sampling.add_argument("--top-k", type=int, default=None, help="0 turns top-k filtering off")
+    sampling.add_argument("--top-p", type=float, default=None, help="1.0 turns nucleus filtering off")
+    sampling.add_argument("--repetition-penalty", type=float, default=None)
+    sampling.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
+    sampling.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (--prompt)")
+    parser.add_argument("--output", help="with --prompts-file: write the JSON Lines here instead of stdout")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from spaces_app import textgen
+
+    try:
+        model, tokenizer = textgen.load_model(args.model, device=args.device)
+    except (OSError, ValueError) as error:
+        print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
+        return 2
+    limits = textgen.Limits.for_model(model, tokenizer)
+    settings = textgen.sampling_defaults(model.generation_config)
+    overrides = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings.update(seed=args.seed, do_sample=settings["do_sample"] and not args.greedy)
+
+    session = Session(textgen, model, tokenizer, limits, settings)
+    try:
+        if args.interactive:
+            return session.interactive()
+        if args.prompts_file:
+            return session.prompts_file(args.prompts_file, args.output)
+        return session.one(args.prompt, stream=args.stream)
+    except textgen.ValidationError as error:
+        print(f"victorian-gpt generate: {error}", file=sys.stderr)
+        return 2
+
+
+class Session:
+    """The loaded model plus the current settings (which the interactive loop changes in place)."""
+
+    def __init__(self, textgen, model, tokenizer, limits, settings: dict):
+        self.textgen, self.model, self.tokenizer, self.limits, self.settings = textgen, model, tokenizer, limits, settings
+
+    def start(self, prompt: str):
+        parameters = self.textgen.control_parameters(**self.settings)
+        input_ids, params = self.textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
+        return self.textgen.Generation(self.model, self.tokenizer, input_ids, params)
+
+    def one(self, prompt: str, stream: bool) -> int:
+        with self.start(prompt) as generation:
+            for token in generation:
+                if stream and not token.special:
+                    print(token.text, end="", flush=True)
+        if stream:
+            print()
+        else:
+            print(generation.generated_text)
+        return 0
+
+    def prompts_file(self, path: str, output: str | None) -> int:
+        try:
+            with open(path, encoding="utf-8") as f:
+                prompts = [line.rstrip("\n") for line in f]
+        except OSError as error:
+            print(f"victorian-gpt generate: cannot read {path!r}: {error}", file=sys.stderr)
+            return 2
+        prompts = [p for p in prompts if p.strip()]
+        # Check every prompt before generating anything, so a bad line 90 does not waste the first 89.
+        for number, prompt in enumerate(prompts, 1):
+            try:
+                self.textgen.prepare_request(self.tokenizer, prompt, self.limits,
+                                             **self.textgen.control_parameters(**self.settings))
+            except self.textgen.ValidationError as error:
+                raise self.textgen.ValidationError(f"{path}, prompt {number}: {error}") from None
+        from tqdm.auto import tqdm
+
+        out = open(output, "w", encoding="utf-8") if output else sys.stdout
+        try:
+            for prompt in tqdm(prompts, desc="generating", unit="prompt", disable=None, file=sys.stderr):
+                with self.start(prompt) as generation:
+                    for _ in generation:
+                        pass
+                record = {
+                    "prompt": prompt,
+                    "generated_text": generation.generated_text,
+                    "generated_tokens": generation.generated_tokens,
+                    "finish_reason": generation.finish_reason,
+                    "seed": generation.params.seed,
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+        finally:
+            if output:
+                out.close()
+        return 0
+
+    # -- interactive loop
+    SETTABLE = {
+        "temperature": float, "max-new-tokens": int, "length": int, "top-k": int, "top-p": float,
+        "repetition-penalty": float, "seed": int,
+    }
+
+    def interactive(self) -> int:
+        print(HELP_INTERACTIVE)
+        self.show_settings()
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                print()
+                return 0
+            except KeyboardInterrupt:
+                print()
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if self.command(line) == "quit":
+                    return 0
+                continue
+            try:
+                generation = self.start(line)
+            except self.textgen.ValidationError as error:
+                print(f"error: {error}")
+                continue
+            try:
+                for token in generation:
+                    if not token.special:
+                        print(token.text, end="", flush=True)
+                print(f"\n[{generation.generated_tokens} tokens, {generation.finish_reason}]")
+            except KeyboardInterrupt:
+                print("\n[stopped]")
+            finally:
+                generation.close()
+
+    def command(self, line: str) -> str | None:
+        name, _, value = line[1:].partition(" ")
+        name = name.lower().replace("_", "-")
+        if name in ("quit", "exit", "q"):
+            return "quit"
+        if name == "help":
+            print(HELP_INTERACTIVE)
+        elif name == "settings":
+            self.show_settings()
+        elif name in self.SETTABLE:
+            key = "max_new_tokens" if name in ("length", "max-new-tokens") else name.replace("-", "_")
+            try:
+                new = self.SETTABLE[name](value.strip())
+                # check the new value against the same rules a generation would, before keeping it
+                self.textgen.prepare_request(self.tokenizer, "x", self.limits,
+                                             **self.textgen.control_parameters(**{**self.settings, key: new}))
+            except ValueError as error:  # a bad number, or a ValidationError
+                print(f"error: {name} {value.strip()!r}: {error}")
+                return None
+            self.settings[key] = new
+            self.show_settings()
+        else:
+            print(f"unknown command /{name}; type /help")
+        return None
+
+    def show_settings(self):
+        s = self.settings
+        mode = "sampling" if s["do_sample"] else "greedy"
+        print(
+            f"[{mode}: max_new_tokens={s['max_new_tokens']} temperature={s['temperature']} top_k={s['top_k']} "
+            f"top_p={s['top_p']} repetition_penalty={s['repetition_penalty']} seed={s['seed']}]"
+        )
