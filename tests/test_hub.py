@@ -465,7 +465,7 @@ def test_push_uploads_the_export_in_one_commit(hub, pushed):
     commits = hub.api_commits("model", REPO_ID)
     assert len(commits) == 1, "the export must arrive in one commit"
     commit = commits[0]
-    assert repo.branches["main"] == commit.oid and commit.message == "Tiny VictorianGPT"
+    assert repo.branches["main"] == commit.oid and commit.message == "Tiny VictorianGPT" and not repo.private
     weights_sha256 = hashlib.sha256((export / "model.safetensors").read_bytes()).hexdigest()
     assert [r for r in requests if r[0] in ("POST", "PUT")] == [
         ("POST", "/api/repos/create"),
@@ -506,7 +506,8 @@ def test_push_to_a_new_branch_and_again_to_an_existing_repo(hub, pushed, tmp_pat
 
     assert card_main([str(changed), "--repo-id", REPO_ID, "--revision", main_before]) == 0
 
-    result = run_cli(["push", str(changed), "--repo-id", REPO_ID, "--revision", "cooler"], hub.url, console_script=False)
+    result = run_cli(["push", str(changed), "--repo-id", REPO_ID, "--revision", "cooler", "--token", TOKEN], hub.url,
+                     token=None, console_script=False)
     assert result.returncode == 0, result.stderr
     repo = hub.repos[("model", REPO_ID)]
     assert repo.branches["main"] == main_before, "a push to a branch leaves main alone"
@@ -636,11 +637,12 @@ def test_push_space_uploads_the_app_with_metadata_naming_model_and_dataset(hub, 
 
     space_id = "victoria/tiny-victorian-gpt-demo"
     space_dir = _space_folder(tmp_path / "space")
-    result = run_cli(["push-space", "--repo-id", space_id, "--model-id", REPO_ID, "--space-dir", str(space_dir)], hub.url)
+    result = run_cli(["push-space", "--repo-id", space_id, "--model-id", REPO_ID, "--space-dir", str(space_dir),
+                      "--private"], hub.url)
     assert result.returncode == 0, result.stderr
 
     space = hub.repos[("space", space_id)]
-    assert space.sdk == "gradio"
+    assert space.sdk == "gradio" and space.private
     commits = hub.api_commits("space", space_id)
     assert len(commits) == 1
     files = commits[0].files
