@@ -22,6 +22,11 @@ from huggingface_hub.utils import validate_repo_id
 
 from .card import ExportError, build_card, check_card, missing_files
 
+try:  # the HTTP client under huggingface_hub: httpx2 from hub 2.x, httpx before
+    from httpx2 import TransportError
+except ImportError:
+    from httpx import TransportError
+
 # Pickled weights can run arbitrary code when loaded; the Hub flags them and we never publish them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CARD_FILE = "README.md"
@@ -141,6 +146,9 @@ def push_main(argv: list[str] | None = None) -> int:
     except (HfHubHTTPError, ValueError) as error:  # ValueError: the Hub's metadata validation rejected the card
         print(f"victorian-gpt push: error: the Hub refused the upload: {error}", file=sys.stderr)
         return 1
+    except TransportError as error:
+        print(f"victorian-gpt push: error: cannot reach the Hub at {api.endpoint}: {error}", file=sys.stderr)
+        return 1
     print(commit.commit_url)
     print(f"pin this version with revision={commit.oid!r}")
     return 0
@@ -225,6 +233,9 @@ def push_space_main(argv: list[str] | None = None) -> int:
         return 2
     except (HfHubHTTPError, ValueError) as error:
         print(f"victorian-gpt push-space: error: the Hub refused the upload: {error}", file=sys.stderr)
+        return 1
+    except TransportError as error:
+        print(f"victorian-gpt push-space: error: cannot reach the Hub at {api.endpoint}: {error}", file=sys.stderr)
         return 1
     print(commit.commit_url)
     return 0

@@ -530,6 +530,12 @@ def test_push_with_a_wrong_token_fails_cleanly(hub, hub_export):
     assert ("model", "victoria/other") not in hub.repos
 
 
+def test_push_to_an_unreachable_hub_fails_cleanly(hub_export):
+    result = run_cli(["push", str(hub_export), "--repo-id", "victoria/other"], "http://127.0.0.1:9", console_script=False)
+    assert result.returncode == 1
+    assert "cannot reach the Hub at http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+
+
 STRANGER_ONLINE = r"""
 import os, re, sys
 import torch
