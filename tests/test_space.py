@@ -1,0 +1,250 @@
+"""The Gradio Space: launched as `MODEL_ID=<export> python spaces_app/app.py`, driven with gradio_client and headless
+Chromium; plus the Space in TGI_URL mode against our TGI-protocol server, and an error inside generate().
+
+The app's log records how each generation ended ("gen-N cancelled after k/n tokens"), which is how these tests see
+that Stop, a cancelled job or a closed tab really stopped the computation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, free_port, stop_process, wait_for_http
+
+PROMPT = "It was a dark and stormy night; the rain fell in torrents"
+GEN_LINE = re.compile(r"(gen-\d+) (finished|cancelled|failed) after (\d+)/(\d+) tokens")
+
+
+@pytest.fixture(scope="module")
+def space(small_export, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("space") / "app.log"
+    env = {**os.environ, "MODEL_ID": str(small_export), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "spaces_app" / "app.py")], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, proc, timeout=180, log=log)
+        yield url, log
+    finally:
+        stop_process(proc)
+
+
+def records(log: Path) -> list[re.Match]:
+    return list(GEN_LINE.finditer(log.read_text()))
+
+
+def wait_for_new_record(log: Path, seen: int, timeout: float = 30.0) -> re.Match:
+    """The first generation record after the first `seen` ones, waiting up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = records(log)
+        if len(found) > seen:
+            return found[seen]
+        time.sleep(0.1)
+    pytest.fail(f"no new generation record in the app log:\n{log.read_text()[-2000:]}")
+
+
+def greedy_reference(export: Path, prompt: str, max_new_tokens: int, repetition_penalty: float) -> str:
+    """Non-streamed `generate()` on the same export, loaded as a stranger would."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
+                         temperature=None, repetition_penalty=repetition_penalty)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_gradio_client_streams_what_generate_gives(space, small_export):
+    from gradio_client import Client
+
+    url, _ = space
+    client = Client(url, verbose=False)
+    # greedy settings: top-k 1 keeps only the most likely token, whatever the temperature and seed
+    job = client.submit(PROMPT, 60, 1.3, 1, 0.95, 1.2, 0, api_name="/generate")
+    updates, done_at_first_update = [], None
+    for update in job:
+        if done_at_first_update is None:
+            done_at_first_update = job.done()
+        updates.append(update)
+    assert done_at_first_update is False  # the first text arrived while the job was still generating
+    assert len(updates) >= 10
+    assert all(len(a) < len(b) and b.startswith(a) for a, b in zip(updates, updates[1:]))  # it grows
+    assert updates[-1] == greedy_reference(small_export, PROMPT, 60, 1.2)
+
+    # the same seed and settings give the same text when sampling, too
+    sampled = [client.predict(PROMPT, 30, 1.3, 50, 0.95, 1.2, 1234, api_name="/generate") for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_gradio_client_shows_validation_errors(space):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = space
+    with pytest.raises(AppError, match="`top_p` must be > 0.0 and < 1.0"):
+        Client(url, verbose=False).predict(PROMPT, 20, 1.0, 0, 0.0, 1.2, 0, api_name="/generate")
+    with pytest.raises(AppError, match="Write an opening first"):
+        Client(url, verbose=False).predict("   ", 20, 1.0, 0, 0.5, 1.2, 0, api_name="/generate")
+
+
+def test_cancelled_job_stops_generation(space):
+    from gradio_client import Client
+
+    url, log = space
+    seen = len(records(log))
+    job = Client(url, verbose=False).submit(PROMPT, 900, 1.0, 1, 0.95, 1.0, 0, api_name="/generate")
+    for n, _ in enumerate(job, 1):
+        if n == 3:
+            job.cancel()
+            break
+    record = wait_for_new_record(log, seen)
+    assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1600"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_browser_generate_stop_and_close_tab(space, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, log = space
+    wait = WebDriverWait(browser, 60)
+    browser.get(url)
+    prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+    prompt.send_keys(PROMPT)
+    length = browser.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=number]")
+    length.clear()
+    length.send_keys("900\n")  # long enough that only Stop can end it
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=range]")
+               .get_attribute("value") == "900")
+    output = browser.find_element(By.CSS_SELECTOR, "#output textarea")
+
+    seen = len(records(log))
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    wait.until(lambda d: len(output.get_attribute("value")) > 0)  # text appears while it is being written
+    browser.find_element(By.CSS_SELECTOR, "#stop").click()
+    record = wait_for_new_record(log, seen)
+    assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
+    stopped = output.get_attribute("value")
+    time.sleep(1.0)
+    assert output.get_attribute("value") == stopped  # nothing more arrives
+
+    # a closed tab stops its generation too
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    wait.until(lambda d: output.get_attribute("value") != stopped)
+    browser.quit()
+    record = wait_for_new_record(log, seen + 1)
+    assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
+
+
+def test_error_inside_generate_reaches_the_user(tiny_export):
+    import gradio as gr
+
+    from spaces_app.app import LocalBackend, make_generate
+
+    backend = LocalBackend(str(tiny_export))
+    forward, calls = backend.model.forward, []
+
+    def failing_forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the tensor cores caught fire")
+        return forward(*args, **kwargs)
+
+    backend.model.forward = failing_forward
+    generate = make_generate(backend)
+    start = time.monotonic()
+    with pytest.raises(gr.Error, match="Generation failed: .*the tensor cores caught fire"):
+        for _ in generate(PROMPT, 50, 1.0, 1, 0.95, 1.2, 0):
+            pass
+    assert time.monotonic() - start < 10  # an error, not a hang until the stream times out
+
+
+@pytest.fixture
+def tgi_server(small_export, monkeypatch):
+    """Our TGI-protocol server in a thread of this process (its generations are visible to textgen here)."""
+    import huggingface_hub.constants
+    import uvicorn
+
+    from spaces_app import textgen
+    from spaces_app.server import create_app
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the endpoint is on 127.0.0.1
+    model, tokenizer = textgen.load_model(str(small_export))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(model, tokenizer, model_id="small"), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", timeout=60)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_space_streams_from_a_tgi_endpoint(tgi_server, small_export, caplog):
+    import logging
+
+    import requests
+    from gradio_client import Client
+
+    from spaces_app import textgen
+    from spaces_app.app import build_demo
+
+    demo = build_demo(model_id=str(small_export), tgi_url=tgi_server)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        updates = list(client.submit(PROMPT, 20, 1.3, 1, 0.95, 1.2, 0, api_name="/generate"))
+        direct = requests.post(tgi_server + "/generate", timeout=60, json={
+            "inputs": PROMPT, "parameters": {"max_new_tokens": 20, "repetition_penalty": 1.2}}).json()
+        assert len(updates) > 1 and updates[-1] == direct["generated_text"]
+
+        # cancelling the Space's job closes its HTTP stream, which stops the endpoint's generation
+        caplog.set_level(logging.INFO, logger="victorian_gpt.serving")
+        job = client.submit(PROMPT, 900, 1.0, 1, 0.95, 1.0, 0, api_name="/generate")
+        for n, _ in enumerate(job, 1):
+            if n == 3:
+                job.cancel()
+                break
+        deadline = time.monotonic() + 30
+        while textgen.active_generations() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ends = [r.getMessage() for r in caplog.records if "/900 tokens" in r.getMessage()]
+        assert ends and " cancelled after " in ends[-1], ends
+        assert int(re.search(r"after (\d+)/", ends[-1]).group(1)) < 900
+    finally:
+        demo.close()
