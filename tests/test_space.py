@@ -248,3 +248,35 @@ def test_space_streams_from_a_tgi_endpoint(tgi_server, small_export, caplog):
         assert int(re.search(r"after (\d+)/", ends[-1]).group(1)) < 900
     finally:
         demo.close()
+
+
+def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
+    """What push-space uploads must run on a Space, where neither victorian_gpt nor spaces_app is installed."""
+    import shutil
+
+    from huggingface_hub import SpaceCard
+
+    from conftest import run_isolated
+
+    card = SpaceCard.load(REPO_ROOT / "spaces_app" / "README.md").data
+    assert (card.sdk, card.app_file, card.license) == ("gradio", "app.py", "apache-2.0")
+    assert card.sdk_version and card.title and card.models and card.datasets == ["emozilla/pg19"]
+    lines = (REPO_ROOT / "spaces_app" / "requirements.txt").read_text().splitlines()
+    requirements = {re.split(r"[<>=!~ ]", line)[0] for line in lines if line.strip() and not line.startswith("#")}
+    assert {"torch", "transformers"} <= requirements and "victorian-gpt" not in requirements
+
+    space = tmp_path / "space"
+    space.mkdir()
+    for name in ("app.py", "textgen.py"):
+        shutil.copy(REPO_ROOT / "spaces_app" / name, space / name)
+    code = (
+        f"import sys; sys.path.insert(0, {str(space)!r})\n"
+        "import app\n"
+        f"demo = app.build_demo({str(tiny_export)!r})\n"
+        "backend = app.LocalBackend.__module__, app.textgen.__name__\n"
+        f"texts = list(app.make_generate(app.LocalBackend({str(tiny_export)!r}))('It was', 5, 1.0, 1, 0.95, 1.2, 0))\n"
+        "print(backend, len(texts) > 0)\n"
+    )
+    result = run_isolated(code, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "('app', 'textgen') True" in result.stdout
