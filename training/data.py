@@ -115,6 +115,15 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 # the streaming dataset
 
 
+def texts_of(dataset, name: str) -> Iterator[str]:
+    """The `text` field of each row, with a clear error for rows that lack one (JSON Lines declare no columns)."""
+    for row in dataset:
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{name} has no 'text' field; its fields are {sorted(row)}")
+        yield text
+
+
 class PackedBlocks(IterableDataset):
     """Endless, deterministic stream of `block_size + 1`-token blocks of one split, for one DDP rank.
 
@@ -154,7 +163,7 @@ class PackedBlocks(IterableDataset):
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
-        return islice((row["text"] for row in dataset), self.max_books)
+        return islice(texts_of(dataset, f"{self.source} ({self.split})"), self.max_books)
 
     def epoch_blocks(self, epoch: int) -> Iterator[tuple[np.ndarray, int]]:
         """This rank's blocks of one pass over the split (before skipping)."""
@@ -287,7 +296,7 @@ def prepare(source: str, tokenizer, output_dir, splits=("train", "validation", "
             raise
         from itertools import islice
 
-        texts = (row["text"] for row in islice(dataset, max_books))
+        texts = texts_of(islice(dataset, max_books), f"{source} ({split})")
         files, books, tokens = [], 0, 0
         buffer, filled = np.empty(shard_tokens, dtype=np.uint16), 0
 

@@ -168,7 +168,8 @@ def flops_per_token(model_config, block_size: int) -> float:
 
 
 def peak_flops(device) -> tuple[float, str]:
-    """The accelerator's peak for the MFU estimate. On CPU, measured: 2048x2048 fp32 matmuls for half a second."""
+    """The accelerator's peak for the MFU estimate. On CPU it is measured (1024x1024 fp32 matmuls for half a second,
+    with this process's threads), so CPU MFU is relative to what this machine gave a matmul at start-up."""
     import torch
 
     if device.type == "cuda":
@@ -177,13 +178,13 @@ def peak_flops(device) -> tuple[float, str]:
             if key in name:
                 return flops, name
         return 312e12, name
-    a = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(0))  # not the global RNG (exact resume)
+    a = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))  # not the global RNG (exact resume)
     a @ a
     start, reps = time.perf_counter(), 0
     while time.perf_counter() - start < 0.5:
         a @ a
         reps += 1
-    return 2 * 2048**3 * reps / (time.perf_counter() - start), "CPU"
+    return 2 * 1024**3 * reps / (time.perf_counter() - start), "CPU"
 
 
 def memory_used(device) -> str:
@@ -356,6 +357,9 @@ def train(config: TrainingConfig, checked=None) -> dict:
             )
         accelerator.print(f"resumed from {resume_dir} at step {run['step']}")
 
+    model_flops = flops_per_token(model_config, block_size)
+    peak, _ = peak_flops(device)  # before the data worker starts competing for the cores
+
     # --- data: this rank's endless block stream, positioned after the blocks it has already trained on
     skip = run["step"] * accumulation * config.micro_batch_size
     if config.prepared_data:
@@ -408,8 +412,6 @@ def train(config: TrainingConfig, checked=None) -> dict:
                        f"bits/byte {result['bits_per_byte']:.4f}")
         return result
 
-    model_flops = flops_per_token(model_config, block_size)
-    peak, _ = peak_flops(device)
     tokens_per_step = accumulation * tokens_per_micro_step
     if run["step"] == 0 and config.eval_on_start and config.max_steps > 0:
         run_eval(0)

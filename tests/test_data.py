@@ -1,0 +1,136 @@
+"""The data pipeline on the real tiny PG19 sample, streamed offline: packing, shuffling, sharding, resume, prepare."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from training.data import (
+    PackedBlocks,
+    PreparedBlocks,
+    pack_blocks,
+    prepare,
+    shuffle_blocks,
+    token_byte_lengths,
+    token_stream,
+)
+from victorian_gpt.sources import load_text_dataset
+
+BLOCK = 128
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def book_tokens(pg19_tiny, tokenizer):
+    """Each training book's tokens + EOS, encoded one book at a time with the ordinary tokenizer call."""
+    books = [row["text"] for row in load_text_dataset(str(pg19_tiny), "train")]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in books]
+
+
+def contents(blocks):
+    return [tuple(int(t) for t in item["input_ids"]) for item in blocks]
+
+
+def test_streaming_local_files_pack_every_token_without_padding(pg19_tiny, tokenizer, book_tokens):
+    from datasets import IterableDataset
+
+    assert isinstance(load_text_dataset(str(pg19_tiny), "train"), IterableDataset)  # the streaming code path
+    stream = np.concatenate(book_tokens)
+    data = PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=0, endless=False)
+    blocks = [item["input_ids"].numpy() for item in data]
+    assert all(len(b) == BLOCK + 1 for b in blocks)
+    assert len(blocks) == len(stream) // (BLOCK + 1)  # only the final partial block is dropped
+    np.testing.assert_array_equal(np.concatenate(blocks), stream[: len(blocks) * (BLOCK + 1)])
+    assert tokenizer.pad_token_id not in stream
+    assert int((stream == tokenizer.eos_token_id).sum()) == len(book_tokens)  # one EOS after every book
+
+
+def test_shuffle_buffer_is_a_bounded_permutation():
+    items = list(range(2000))
+    out = list(shuffle_blocks(iter(items), 100, np.random.default_rng(0)))
+    assert sorted(out) == items and out != items
+    # an item can leave the buffer no earlier than `buffer_size` places before it arrived
+    assert all(position >= item - 100 for position, item in enumerate(out))
+    assert out == list(shuffle_blocks(iter(items), 100, np.random.default_rng(0)))  # deterministic per seed
+
+
+def test_block_sharding_ranks_are_disjoint_and_cover_the_single_process_stream(pg19_tiny, tokenizer):
+    kwargs = dict(sharding="blocks", shuffle_buffer=32, seed=3, endless=False)
+    single = contents(PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, **kwargs))
+    ranks = [contents(PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, r, 2, **kwargs)) for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])
+    # rank r holds exactly the single-process blocks j with j % 2 == r, in order
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+
+
+@pytest.mark.parametrize("n_files", [1, 2])
+def test_book_sharding_gives_each_rank_its_own_books(tmp_path, pg19_tiny, tokenizer, n_files):
+    """`split_dataset_by_node`: whole files per rank when they divide evenly, else 1 book in N. Never a shared block."""
+    rows = [json.loads(line) for line in (pg19_tiny / "train.jsonl").read_text().splitlines()]
+    books = [dict(row, text=row["text"][i : i + 40_000]) for row in rows for i in range(0, 80_000, 40_000)]  # 6 books
+    for f in range(n_files):
+        part = books[f::n_files]
+        (tmp_path / f"train-{f:05d}-of-{n_files:05d}.jsonl").write_text("".join(json.dumps(b) + "\n" for b in part))
+    streams = [contents(PackedBlocks(str(tmp_path), "train", tokenizer, BLOCK, r, 2, sharding="books",
+                                     shuffle_buffer=0, endless=False)) for r in range(2)]
+    assert streams[0] and streams[1]
+    assert not set(streams[0]) & set(streams[1])
+    everything = contents(PackedBlocks(str(tmp_path), "train", tokenizer, BLOCK, shuffle_buffer=0, endless=False))
+    # the ranks together read every book once: about as many blocks as one process (each rank drops one tail)
+    assert len(everything) - 2 <= len(streams[0]) + len(streams[1]) <= len(everything) + 2
+
+
+def test_skip_blocks_resumes_the_endless_stream_exactly(pg19_tiny, tokenizer):
+    data = PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=64, seed=1)
+    per_epoch = sum(1 for _ in data.epoch_blocks(0))
+    reference = contents(islice(data, per_epoch + 40))  # crosses into the second, reshuffled, epoch
+    assert reference[per_epoch:per_epoch + 40] != reference[:40]
+    skip = per_epoch - 10
+    resumed = PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=64, seed=1, skip_blocks=skip)
+    assert contents(islice(resumed, 50)) == reference[skip : skip + 50]
+
+
+def test_prepared_shards_hold_the_same_tokens_and_resume_in_constant_time(tmp_path, pg19_tiny, tokenizer, book_tokens):
+    meta = prepare(str(pg19_tiny), tokenizer, tmp_path, shard_tokens=50_000)
+    stream = np.concatenate(book_tokens)
+    train = meta["splits"]["train"]
+    assert train["books"] == len(book_tokens) and train["tokens"] == len(stream) and len(train["files"]) > 1
+    on_disk = np.concatenate([np.fromfile(tmp_path / f, dtype=np.uint16) for f in train["files"]])
+    np.testing.assert_array_equal(on_disk, stream)
+    assert set(meta["splits"]) == {"train", "validation", "test"}
+
+    ranks = [contents(islice(PreparedBlocks(tmp_path, "train", BLOCK, r, 2, seed=0), 200)) for r in range(2)]
+    first_epoch = PreparedBlocks(tmp_path, "train", BLOCK, 0, 2, seed=0).per_rank
+    assert not set(ranks[0][:first_epoch]) & set(ranks[1][:first_epoch])
+    resumed = contents(islice(PreparedBlocks(tmp_path, "train", BLOCK, 1, 2, seed=0, skip_blocks=150), 50))
+    assert resumed == ranks[1][150:200]
+
+
+def test_token_byte_lengths_count_the_utf8_bytes_of_the_text(tokenizer):
+    text = "Mr. Pickwick's café — “a naïve remark”, said Sam Weller.\n"
+    lengths = token_byte_lengths(tokenizer)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))  # EOS stands for no text
+
+
+def test_missing_path_and_missing_text_field_are_clear_errors(tmp_path, tokenizer):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        next(iter(PackedBlocks(str(tmp_path / "nowhere"), "train", tokenizer, BLOCK)))
+    (tmp_path / "train.jsonl").write_text(json.dumps({"content": "no text here"}) + "\n")
+    with pytest.raises(ValueError, match="no 'text' field"):
+        next(iter(PackedBlocks(str(tmp_path), "train", tokenizer, BLOCK)))
+
+
+def test_token_stream_batches_match_single_book_encoding(tokenizer, book_tokens, pg19_tiny):
+    books = [row["text"] for row in load_text_dataset(str(pg19_tiny), "train")]
+    batched = list(token_stream(books, tokenizer, tokenizer.eos_token_id, batch_books=2))
+    assert [b.tolist() for b in batched] == book_tokens
+    assert [len(b) for b, _ in pack_blocks(iter(batched), BLOCK)] == [BLOCK + 1] * (sum(map(len, batched)) // (BLOCK + 1))

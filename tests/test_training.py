@@ -1,0 +1,215 @@
+"""The training command for real, on CPU, on the tiny PG19 sample: end to end, 2-process DDP (gloo), accumulation
+equivalence, interrupt-and-resume, and the up-front errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, run_isolated
+from training.train import main as train_main
+
+TINY_CONFIG = str(REPO_ROOT / "training" / "configs" / "tiny.yaml")
+
+
+def launch_2() -> list[str]:
+    """`accelerate launch --multi_gpu --num_processes 2`: on a CPU-only machine, two gloo DDP processes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+
+
+def tiny_args(out: Path, data: Path, *extra: str) -> list[str]:
+    return ["--config", TINY_CONFIG, "--dataset", str(data), "--output_dir", str(out), "--report_to", "none",
+            "--test_split", "none", *extra]
+
+
+def run(cmd, timeout=240):
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_losses(out: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model(tmp_path, pg19_tiny):
+    out = tmp_path / "run"
+    # through the `victorian-gpt train` alias; no tokenizer given, so one is trained from the source and saved
+    run([sys.executable, "-m", "victorian_gpt.cli", "train",
+         *tiny_args(out, pg19_tiny, "--max_steps", "40", "--eval_steps", "20", "--test_split", "test",
+                   "--report_to", "tensorboard")])
+    evals = [m for m in metrics(out) if "eval" in m]
+    assert [m["step"] for m in evals] == [0, 20, 40]
+    assert evals[-1]["eval"]["loss"] < evals[0]["eval"]["loss"] - 0.3
+
+    model_dir = out / "model"
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    for name in ("config.json", "model.safetensors", "modeling_victorian_gpt.py", "configuration_victorian_gpt.py",
+                 "tokenizer.json", "generation_config.json", "training_summary.json", "loss_curve.png"):
+        assert (model_dir / name).is_file(), name
+    assert (model_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((model_dir / "training_summary.json").read_text())
+    assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 2048 == 40 * summary["tokens_per_step"]
+    assert summary["gradient_accumulation_steps"] == 2 and summary["num_processes"] == 1
+    assert summary["mixed_precision"] == "no" and summary["hardware"].startswith("CPU")
+    assert summary["dataset"] == str(pg19_tiny) and summary["books_seen"] >= 1
+    assert summary["eval"]["validation"] == evals[-1]["eval"]
+    assert set(summary["eval"]["test"]) == {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}
+    assert summary["training_config"]["max_steps"] == 40 and summary["loss_curve"] == "loss_curve.png"
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard, the default tracker
+
+    # `victorian-gpt eval` reproduces the final validation figures from the exported folder alone
+    proc = run([sys.executable, "-m", "victorian_gpt.cli", "eval", str(model_dir), "--dataset", str(pg19_tiny),
+                "--split", "validation"])
+    figures = json.loads(proc.stdout)
+    assert figures["tokens"] == summary["eval"]["validation"]["tokens"]
+    assert figures["bits_per_byte"] == pytest.approx(summary["eval"]["validation"]["bits_per_byte"], rel=1e-4)
+
+    # a stranger's process (victorian_gpt not importable) loads it with trust_remote_code and generates
+    code = (
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"path = {str(model_dir)!r}\n"
+        "tok = AutoTokenizer.from_pretrained(path)\n"
+        "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        "ids = tok('It was the best of times', return_tensors='pt')\n"
+        "out = model.generate(**ids, max_new_tokens=12, do_sample=False)\n"
+        "assert out.shape[1] == ids['input_ids'].shape[1] + 12, out.shape\n"
+        "print('GENERATED', repr(tok.decode(out[0])))\n"
+    )
+    proc = run_isolated(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GENERATED" in proc.stdout
+
+
+def test_two_ddp_processes_see_disjoint_blocks_and_match_one_process_with_accumulation(
+    tmp_path, pg19_tiny, tiny_tokenizer_dir
+):
+    # same 2048 tokens per optimizer step: 2 processes x accumulation 1 versus 1 process x accumulation 2
+    common = ["--tokenizer", str(tiny_tokenizer_dir), "--data_sharding", "blocks", "--max_steps", "8",
+              "--eval_steps", "0", "--eval_on_start", "false", "--max_eval_samples", "16", "--log_data_fingerprints",
+              "--dataloader_num_workers", "0"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    run([*launch_2(), "-m", "training.train", *tiny_args(ddp, pg19_tiny, *common)])
+    run([sys.executable, "-m", "training.train", *tiny_args(single, pg19_tiny, *common)])
+
+    summary = json.loads((ddp / "model" / "training_summary.json").read_text())
+    assert (summary["num_processes"], summary["gradient_accumulation_steps"]) == (2, 1)
+    assert json.loads((single / "model" / "training_summary.json").read_text())["gradient_accumulation_steps"] == 2
+
+    def blocks(out, rank):
+        lines = (out / f"data_fingerprints.rank{rank}.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    rank0, rank1 = blocks(ddp, 0), blocks(ddp, 1)
+    assert len(rank0) == len(rank1) == 8 * 8  # 8 steps x micro-batch 8 on each rank
+    assert not {b["block"] for b in rank0} & {b["block"] for b in rank1}  # no block trained twice
+    # each step's global batch holds the same blocks in both layouts
+    one = blocks(single, 0)
+    for step in range(8):
+        ddp_step = {b["block"] for b in rank0 + rank1 if b["step"] == step}
+        assert ddp_step == {b["block"] for b in one if b["step"] == step}
+
+    ddp_losses, single_losses = step_losses(ddp), step_losses(single)
+    assert sorted(ddp_losses) == list(range(1, 9))
+    for step, loss in single_losses.items():
+        assert ddp_losses[step] == pytest.approx(loss, rel=1e-4), step
+    assert single_losses[8] < single_losses[1]  # and it learns
+
+
+def test_interrupted_run_resumes_with_the_same_per_step_losses(tmp_path, pg19_tiny, tiny_tokenizer_dir):
+    common = ["--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "40", "--save_steps", "0", "--eval_steps", "0",
+              "--eval_on_start", "false", "--max_eval_samples", "16", "--num_samples", "0",
+              "--model_overrides", "{resid_pdrop: 0.1}"]  # dropout on: the RNG state must be restored too
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run([sys.executable, "-m", "training.train", *tiny_args(straight, pg19_tiny, *common)])
+
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", *tiny_args(broken, pg19_tiny, *common)],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not ((broken / "metrics.jsonl").is_file() and (broken / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # as a cluster scheduler or `kill` would
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    checkpoints = sorted((broken / "checkpoints").glob("step_*"))
+    assert len(checkpoints) == 1, output[-3000:]
+    stopped_at = int(checkpoints[0].name.split("_")[1])
+    assert 2 <= stopped_at < 40 and not (broken / "model").exists()
+    # a save that crashed half-way (left its temporary folder) must not be mistaken for a checkpoint
+    (broken / "checkpoints" / f".tmp-step_{stopped_at + 5}").mkdir()
+
+    run([sys.executable, "-m", "training.train", *tiny_args(broken, pg19_tiny, *common,
+                                                             "--resume_from_checkpoint", "latest")])
+    assert step_losses(broken) == step_losses(straight)  # bit for bit, steps before and after the interruption
+    summary = json.loads((broken / "model" / "training_summary.json").read_text())
+    assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 2048
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# clear errors before any compute
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_config_keys_are_errors(tmp_path, capsys, pg19_tiny):
+    assert "unknown training config key(s) in the command line: 'learning_rte' (did you mean 'learning_rate'?)" in (
+        _error(capsys, tiny_args(tmp_path / "o", pg19_tiny, "--learning_rte", "1e-3")))
+    config = tmp_path / "bad.yaml"
+    config.write_text("model_preset: tiny\nbatch_size: 8\n")
+    assert f"unknown training config key(s) in {config}: 'batch_size'" in _error(capsys, ["--config", str(config)])
+    assert "expects float" in _error(capsys, tiny_args(tmp_path / "o", pg19_tiny, "--learning_rate", "fast"))
+
+
+def test_missing_dataset_and_missing_text_field_are_errors(tmp_path, capsys, pg19_tiny):
+    assert "does not exist" in _error(capsys, tiny_args(tmp_path / "o", tmp_path / "no-such-folder"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "validation"):
+        (bad / f"{split}.jsonl").write_text(json.dumps({"title": "Bleak House", "body": "..."}) + "\n")
+    assert "has no 'text' field" in _error(capsys, tiny_args(tmp_path / "o", bad))
+    assert "Dataset scripts are no longer supported" in _error(
+        capsys, ["--config", TINY_CONFIG, "--dataset", "deepmind/pg19", "--output_dir", str(tmp_path / "o")])
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_an_error(tmp_path, capsys, pg19_tiny, tiny_tokenizer_dir):
+    err = _error(capsys, tiny_args(tmp_path / "o", pg19_tiny, "--tokenizer", str(tiny_tokenizer_dir),
+                                   "--model_overrides", "{vocab_size: 320}"))
+    assert "tokenizer has 512 tokens but the model's vocab_size is 320" in err
+
+
+def test_output_dir_of_another_run_is_refused_unless_resuming(tmp_path, capsys, pg19_tiny):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    assert "already holds another run" in _error(capsys, tiny_args(out, pg19_tiny))
+    assert "holds no checkpoint" in _error(capsys, tiny_args(out, pg19_tiny, "--resume_from_checkpoint", "latest"))
+    assert (out / "metrics.jsonl").read_text() == "{}\n"  # nothing lost
