@@ -679,8 +679,25 @@ def test_push_space_refuses_a_missing_model_or_app(hub, tmp_path):
     assert ("space", "victoria/demo") not in hub.repos
 
 
-def test_push_space_defaults_to_the_spaces_app_package():
-    from conftest import REPO_ROOT
-    from hub_card.publish import _default_space_dir
+def test_push_space_publishes_the_projects_spaces_app(hub, pushed):
+    """Without --space-dir the Space is this repository's spaces_app/, its own README metadata filled in."""
+    from huggingface_hub import SpaceCard
 
-    assert _default_space_dir().resolve() == (REPO_ROOT / "spaces_app").resolve()
+    from conftest import REPO_ROOT
+
+    space_id = "victoria/the-real-demo"
+    result = run_cli(["push-space", "--repo-id", space_id, "--model-id", REPO_ID], hub.url, console_script=False)
+    assert result.returncode == 0, result.stderr
+    (commit,) = hub.api_commits("space", space_id)
+    app_dir = REPO_ROOT / "spaces_app"
+    on_disk = {p.relative_to(app_dir).as_posix() for p in app_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert set(commit.sent) == on_disk and {"app.py", "requirements.txt", "README.md"} <= on_disk
+    for name in on_disk - {"README.md"}:
+        assert commit.files[name] == (app_dir / name).read_bytes(), name
+    ours, theirs = SpaceCard(commit.files["README.md"].decode()), SpaceCard.load(app_dir / "README.md")
+    assert ours.data.models == [REPO_ID] and ours.data.datasets == ["emozilla/pg19"]
+    assert {k: v for k, v in ours.data.to_dict().items() if k not in ("models", "datasets")} == {
+        k: v for k, v in theirs.data.to_dict().items() if k not in ("models", "datasets")
+    }
+    assert ours.text == theirs.text
+    assert hub.repos[("space", space_id)].variables == {"MODEL_ID": REPO_ID}
