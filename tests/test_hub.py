@@ -644,7 +644,7 @@ def test_push_space_uploads_the_app_with_metadata_naming_model_and_dataset(hub, 
     space_id = "victoria/tiny-victorian-gpt-demo"
     space_dir = _space_folder(tmp_path / "space")
     result = run_cli(["push-space", "--repo-id", space_id, "--model-id", REPO_ID, "--space-dir", str(space_dir),
-                      "--private"], hub.url)
+                      "--private"], hub.url, console_script=False)
     assert result.returncode == 0, result.stderr
 
     space = hub.repos[("space", space_id)]
