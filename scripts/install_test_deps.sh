@@ -11,3 +11,9 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+# A stranger on the last transformers 4.x release (many Hub users, TGI images): tests/test_transformers4.py loads
+# our export with it. A venv over the system packages (torch comes from there), transformers 4.57.6 on top.
+if [ ! -x .venv-transformers4/bin/python ] || ! .venv-transformers4/bin/python -c "import transformers" 2>/dev/null; then
+  python -m venv --system-site-packages .venv-transformers4
+fi
+.venv-transformers4/bin/python -m pip install -q "transformers==4.57.6"

@@ -51,7 +51,9 @@ def tiny_export(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     return save_model_folder(model, tokenizer, tmp_path_factory.mktemp("export") / "tiny-victorian-gpt")
 
 
-def run_isolated(code: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_isolated(
+    code: str, cwd: Path, env: dict | None = None, timeout: int = 300, python: str = sys.executable
+) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python that cannot import `victorian_gpt` (as a stranger loading our export would).
 
     The repo is editable-installed, so besides a neutral cwd we hide it with a meta-path finder that refuses the
@@ -74,7 +76,7 @@ def run_isolated(code: str, cwd: Path, env: dict | None = None, timeout: int = 3
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PYTHONPATH", None)
     return subprocess.run(
-        [sys.executable, "-c", prelude + code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        [python, "-c", prelude + code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
