@@ -86,7 +86,7 @@ class TGIServer:
     def __init__(self, model, tokenizer, *, model_id: str, limits: textgen.Limits, max_concurrent_requests: int = 128):
         self.model, self.tokenizer, self.model_id, self.limits = model, tokenizer, model_id, limits
         self.max_concurrent_requests = max_concurrent_requests
-        self.running = 0
+        self.live: set[textgen.Generation] = set()  # generations started and not yet finished
 
     def info(self) -> dict:
         return {
@@ -141,17 +141,14 @@ class TGIServer:
             stop=p.stop,
             truncate=p.truncate,
         )
-        if self.running >= self.max_concurrent_requests:
+        # Counted by the threads themselves, so a response that never started streaming cannot leak a slot.
+        self.live = {g for g in self.live if not g.done.is_set()}
+        if len(self.live) >= self.max_concurrent_requests:
             raise Overloaded("Model is overloaded")
-        self.running += 1  # the event loop is single-threaded: no lock needed
         generation = textgen.Generation(self.model, self.tokenizer, input_ids, params, asynchronous=asynchronous)
         generation.input_length = len(input_ids)
-        generation.prefill = self.prefill(input_ids) if p.decoder_input_details else []
+        self.live.add(generation)
         return generation
-
-    def release(self, generation: textgen.Generation):
-        self.running -= 1
-        generation.cancel()
 
     @torch.inference_mode()
     def prefill(self, input_ids: list[int]) -> list[dict]:
@@ -187,13 +184,17 @@ class TGIServer:
         generation = self.start(req)
         try:
             consume = asyncio.ensure_future(_drain(generation))
+            # the prompt's own log-probabilities: one forward pass, off the event loop
+            prefill = asyncio.ensure_future(asyncio.to_thread(self.prefill, generation.input_ids)
+                                            if req.parameters.decoder_input_details else asyncio.sleep(0, []))
             while not consume.done():
                 await asyncio.wait({consume}, timeout=0.25)
                 if not consume.done() and await request.is_disconnected():
                     generation.cancel()
             consume.result()  # re-raises a GenerationError
+            generation.prefill = await prefill
         finally:
-            self.release(generation)
+            generation.cancel()  # no-op once finished; stops the thread if this request was abandoned
         response = {"generated_text": self.output_text(req, generation)}
         if req.parameters.details or req.parameters.decoder_input_details:
             response["details"] = self.details(generation, stream=False)
@@ -223,7 +224,7 @@ class TGIServer:
             except textgen.GenerationError as error:
                 yield _sse({"error": str(error), "error_type": "generation"})
             finally:
-                self.release(generation)
+                generation.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 

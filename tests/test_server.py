@@ -15,6 +15,7 @@ import time
 
 import pytest
 import requests
+import torch
 from conftest import free_port, stop_process, wait_for_http
 
 PROMPT = "It was a dark and stormy night; the rain fell in torrents"
@@ -97,6 +98,15 @@ def test_text_generation_client_matches_generate(server, reference):
     assert response.details.generated_tokens == len(expected)
     assert response.details.finish_reason in ("length", "eos_token")
     assert all(t.logprob is not None and t.logprob <= 0 for t in response.details.tokens)
+
+    # decoder_input_details: the prompt's tokens with the log-probability the model gives each
+    model, tokenizer = reference
+    prompt_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    prefill = client.generate(PROMPT, max_new_tokens=1, decoder_input_details=True).details.prefill
+    assert [t.id for t in prefill] == prompt_ids[0].tolist() and prefill[0].logprob is None
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(prompt_ids).logits[0, :-1], -1).gather(-1, prompt_ids[0, 1:, None])[:, 0]
+    assert torch.allclose(torch.tensor([t.logprob for t in prefill[1:]]), logprobs, atol=1e-4)
 
     events = list(client.generate_stream(PROMPT, max_new_tokens=16, repetition_penalty=1.3))
     assert [e.token.id for e in events] == expected  # one event per token
