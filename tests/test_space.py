@@ -79,7 +79,7 @@ def test_gradio_client_streams_what_generate_gives(space, small_export):
             done_at_first_update = job.done()
         updates.append(update)
     assert done_at_first_update is False  # the first text arrived while the job was still generating
-    assert len(updates) >= 10
+    assert len(updates) >= 5
     assert all(len(a) < len(b) and b.startswith(a) for a, b in zip(updates, updates[1:]))  # it grows
     assert updates[-1] == greedy_reference(small_export, PROMPT, 60, 1.2)
 
