@@ -103,7 +103,9 @@ def check_inputs(config: TrainingConfig):
     else:
         from .data import read_prepared_meta
 
-        read_prepared_meta(config.prepared_data)
+        meta = read_prepared_meta(config.prepared_data)
+        if config.tokenizer is None:
+            raise ValueError("prepared_data needs the tokenizer it was prepared with: set `tokenizer`")
 
     tokenizer_dir = config.tokenizer or (output_dir / "tokenizer" if config.resume_from_checkpoint else None)
     tokenizer = None
@@ -116,6 +118,9 @@ def check_inputs(config: TrainingConfig):
                 f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model_config.vocab_size}; "
                 "use a model with a larger vocabulary (model_overrides: {vocab_size: ...}) or a smaller tokenizer"
             )
+        if config.prepared_data is not None and meta["vocab_size"] != len(tokenizer):
+            raise ValueError(f"{config.prepared_data} was prepared with a {meta['vocab_size']}-token tokenizer, "
+                             f"not this {len(tokenizer)}-token one ({tokenizer_dir})")
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {tokenizer_dir} has no eos_token (needed between books)")
     return model_config, tokenizer
@@ -468,10 +473,12 @@ def train(config: TrainingConfig, checked=None) -> dict:
             step_time = time.time() - step_start
             segment_tokens += tokens_per_step
             entry = {"step": run["step"], "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                     "step_time_s": step_time}
+                     "step_time_s": step_time, "time": time.time()}
             record(entry)
             if run["step"] % config.logging_steps == 0 or run["step"] == 1:
+                # over the last logging window, so compilation and evaluation pauses age out
                 tokens_per_s = segment_tokens / (time.time() - segment_start)
+                segment_start, segment_tokens = time.time(), 0
                 mfu = tokens_per_s * model_flops / (peak * accelerator.num_processes)
                 accelerator.log({"train/loss": step_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
                                  "train/tokens_per_s": tokens_per_s, "train/mfu": mfu}, step=run["step"])
@@ -480,6 +487,7 @@ def train(config: TrainingConfig, checked=None) -> dict:
             progress.update(1)
             if config.eval_steps and run["step"] % config.eval_steps == 0 and run["step"] < config.max_steps:
                 run_eval(run["step"])
+                segment_start, segment_tokens = time.time(), 0  # the pause is not training throughput
             if interrupted or (config.save_steps and run["step"] % config.save_steps == 0):
                 run["wall_time_s"] += time.time() - started
                 started = time.time()
