@@ -57,10 +57,10 @@ def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model
     out = tmp_path / "run"
     # through the `victorian-gpt train` alias; no tokenizer given, so one is trained from the source and saved
     run([sys.executable, "-m", "victorian_gpt.cli", "train",
-         *tiny_args(out, pg19_tiny, "--max_steps", "40", "--eval_steps", "20", "--test_split", "test",
+         *tiny_args(out, pg19_tiny, "--max_steps", "30", "--eval_steps", "15", "--test_split", "test",
                    "--report_to", "tensorboard")])
     evals = [m for m in metrics(out) if "eval" in m]
-    assert [m["step"] for m in evals] == [0, 20, 40]
+    assert [m["step"] for m in evals] == [0, 15, 30]
     assert evals[-1]["eval"]["loss"] < evals[0]["eval"]["loss"] - 0.3
 
     model_dir = out / "model"
@@ -70,13 +70,13 @@ def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model
         assert (model_dir / name).is_file(), name
     assert (model_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((model_dir / "training_summary.json").read_text())
-    assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 2048 == 40 * summary["tokens_per_step"]
+    assert summary["steps"] == 30 and summary["tokens_seen"] == 30 * 2048 == 30 * summary["tokens_per_step"]
     assert summary["gradient_accumulation_steps"] == 2 and summary["num_processes"] == 1
     assert summary["mixed_precision"] == "no" and summary["hardware"].startswith("CPU")
     assert summary["dataset"] == str(pg19_tiny) and summary["books_seen"] >= 1
     assert summary["eval"]["validation"] == evals[-1]["eval"]
     assert set(summary["eval"]["test"]) == {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}
-    assert summary["training_config"]["max_steps"] == 40 and summary["loss_curve"] == "loss_curve.png"
+    assert summary["training_config"]["max_steps"] == 30 and summary["loss_curve"] == "loss_curve.png"
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard, the default tracker
 
     # `victorian-gpt eval` reproduces the final validation figures from the exported folder alone
@@ -140,7 +140,7 @@ def test_two_ddp_processes_see_disjoint_blocks_and_match_one_process_with_accumu
 
 
 def test_interrupted_run_resumes_with_the_same_per_step_losses(tmp_path, pg19_tiny, tiny_tokenizer_dir):
-    common = ["--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "40", "--save_steps", "0", "--eval_steps", "0",
+    common = ["--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "24", "--save_steps", "0", "--eval_steps", "0",
               "--eval_on_start", "false", "--max_eval_samples", "16", "--num_samples", "0",
               "--model_overrides", "{resid_pdrop: 0.1}"]  # dropout on: the RNG state must be restored too
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -158,7 +158,7 @@ def test_interrupted_run_resumes_with_the_same_per_step_losses(tmp_path, pg19_ti
     checkpoints = sorted((broken / "checkpoints").glob("step_*"))
     assert len(checkpoints) == 1, output[-3000:]
     stopped_at = int(checkpoints[0].name.split("_")[1])
-    assert 2 <= stopped_at < 40 and not (broken / "model").exists()
+    assert 2 <= stopped_at < 24 and not (broken / "model").exists()
     # a save that crashed half-way (left its temporary folder) must not be mistaken for a checkpoint
     (broken / "checkpoints" / f".tmp-step_{stopped_at + 5}").mkdir()
 
@@ -166,7 +166,7 @@ def test_interrupted_run_resumes_with_the_same_per_step_losses(tmp_path, pg19_ti
                                                              "--resume_from_checkpoint", "latest")])
     assert step_losses(broken) == step_losses(straight)  # bit for bit, steps before and after the interruption
     summary = json.loads((broken / "model" / "training_summary.json").read_text())
-    assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 2048
+    assert summary["steps"] == 24 and summary["tokens_seen"] == 24 * 2048
 
 
 # ----------------------------------------------------------------------------------------------------------------------

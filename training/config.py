@@ -50,6 +50,7 @@ class TrainingConfig:
     torch_compile: bool = False
     gradient_checkpointing: bool = False
     seed: int = 1337
+    ddp_timeout: int = 1800  # seconds a collective may wait (rank 0 trains the tokenizer while the others wait)
     max_nonfinite_steps: int = 10  # consecutive non-finite losses (steps skipped) before the run stops
     # --- evaluation, samples, logging
     eval_steps: int = 200  # evaluate every N steps (0: only at the end)

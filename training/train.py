@@ -304,7 +304,9 @@ def train(config: TrainingConfig, checked=None) -> dict:
     if cpu and mixed_precision == "fp16":
         warnings.warn("fp16 mixed precision needs a GPU; training in fp32 on CPU (mixed_precision='no')")
         mixed_precision = "no"
-    state = PartialState(cpu=cpu)
+    from datetime import timedelta
+
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=config.ddp_timeout))
     tokens_per_micro_step = config.micro_batch_size * block_size * state.num_processes
     accumulation = max(1, round(config.tokens_per_step / tokens_per_micro_step))
     if accumulation * tokens_per_micro_step != config.tokens_per_step and state.is_main_process:
