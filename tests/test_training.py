@@ -169,6 +169,25 @@ def test_interrupted_run_resumes_with_the_same_per_step_losses(tmp_path, pg19_ti
     assert summary["steps"] == 24 and summary["tokens_seen"] == 24 * 2048
 
 
+def test_non_finite_losses_skip_updates_then_stop_keeping_the_last_good_checkpoint(
+    tmp_path, pg19_tiny, tiny_tokenizer_dir
+):
+    out = tmp_path / "run"
+    # an absurd learning rate: step 1 is finite, its update overflows the weights, every later loss is NaN
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.train", *tiny_args(out, pg19_tiny, "--tokenizer", str(tiny_tokenizer_dir),
+         "--learning_rate", "1e30", "--warmup_steps", "0", "--max_steps", "10", "--save_steps", "1",
+         "--max_nonfinite_steps", "2", "--eval_on_start", "false")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "step 2: non-finite loss nan; skipping the update" in proc.stderr
+    assert "3 non-finite losses in a row at step 4" in proc.stderr
+    losses = step_losses(out)
+    assert losses[1] == pytest.approx(6.24, abs=0.1) and all(losses[s] != losses[s] for s in (2, 3))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_1"]  # no save during the streak
+    assert not (out / "model").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # clear errors before any compute
 

@@ -40,6 +40,10 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L
               "T4": 65e12, "4090": 165e12, "3090": 71e12}  # dense fp16/bf16 tensor-core peaks
 
 
+class NonFiniteLossError(RuntimeError):
+    """More than `max_nonfinite_steps` consecutive non-finite losses."""
+
+
 def lr_at(step: int, config: TrainingConfig) -> float:
     """Linear warm-up to `learning_rate`, then cosine decay to `learning_rate * min_lr_ratio` at `max_steps`.
     A pure function of the step, so resuming needs no scheduler state."""
@@ -461,7 +465,7 @@ def train(config: TrainingConfig, checked=None) -> dict:
             else:
                 run["nonfinite_in_row"] += 1
                 grad_norm = torch.tensor(float("nan"))
-                warnings.warn(f"step {run['step']}: non-finite loss {step_loss}; skipping the update "
+                warnings.warn(f"step {run['step'] + 1}: non-finite loss {step_loss}; skipping the update "
                               f"({run['nonfinite_in_row']} in a row, limit {config.max_nonfinite_steps})")
             optimizer.zero_grad(set_to_none=True)
             run["step"] += 1
@@ -490,7 +494,8 @@ def train(config: TrainingConfig, checked=None) -> dict:
             if config.eval_steps and run["step"] % config.eval_steps == 0 and run["step"] < config.max_steps:
                 run_eval(run["step"])
                 segment_start, segment_tokens = time.time(), 0  # the pause is not training throughput
-            if interrupted or (config.save_steps and run["step"] % config.save_steps == 0):
+            periodic = config.save_steps and run["step"] % config.save_steps == 0 and not run["nonfinite_in_row"]
+            if interrupted or periodic:  # no periodic save inside a non-finite streak: it could prune good ones
                 run["wall_time_s"] += time.time() - started
                 started = time.time()
                 path = save_checkpoint(accelerator, output_dir, run, config.save_total_limit)
@@ -505,7 +510,7 @@ def train(config: TrainingConfig, checked=None) -> dict:
     run["wall_time_s"] += time.time() - started
     if stopped_by == "nonfinite":
         accelerator.end_training()
-        raise RuntimeError(f"{run['nonfinite_in_row']} non-finite losses in a row at step {run['step']}; stopped "
+        raise NonFiniteLossError(f"{run['nonfinite_in_row']} non-finite losses in a row at step {run['step']}; stopped "
                            "without saving (the last checkpoint is the last good state)")
     if stopped_by == "interrupt":
         accelerator.end_training()
@@ -576,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
         checked = check_inputs(config)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         parser.error(str(error))  # exit status 2 with the message, before any compute
-    result = train(config, checked)
+    try:
+        result = train(config, checked)
+    except NonFiniteLossError as error:
+        print(f"victorian-gpt train: error: {error}", file=sys.stderr)
+        return 1
     return 130 if result["interrupted"] else 0
 
 
