@@ -90,3 +90,14 @@ def test_export_folder_contents(tiny_export):
     tokenizer_config = json.loads((Path(tiny_export) / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # loadable by transformers 4.x too
     assert tokenizer_config["model_max_length"] == 128  # clipped to the model's context
+
+
+def test_export_has_ordinary_permissions(tiny_export):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(Path(tiny_export).stat().st_mode) == 0o777 & ~umask
+    for path in Path(tiny_export).iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name

@@ -11,6 +11,16 @@ from pathlib import Path
 from .tokenization import save_tokenizer
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 and safetensors' atomic write leaves 0600 files: give the export the usual
+    permissions (0777 / 0666 less the umask), as a folder made with mkdir and files written with open would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def save_model_folder(model, tokenizer, output_dir: str | os.PathLike, extra_files: dict[str, bytes] | None = None):
     """Save `model` + `tokenizer` (+ `extra_files`, name -> bytes) into `output_dir`, replacing it atomically.
 
@@ -26,6 +36,7 @@ def save_model_folder(model, tokenizer, output_dir: str | os.PathLike, extra_fil
         save_tokenizer(tokenizer, tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        _make_readable(tmp)
         if output_dir.exists():
             old = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
