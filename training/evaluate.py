@@ -99,21 +99,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate the first N blocks only (default: the whole split)")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true", default=True)
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from victorian_gpt.sources import DEFAULT_DATASET
+    from victorian_gpt.sources import DEFAULT_DATASET, load_text_dataset
 
     dataset = args.dataset or DEFAULT_DATASET
-    # fail on the data before loading the model
-    from victorian_gpt.sources import load_text_dataset
-
-    load_text_dataset(dataset, split=args.split)
+    try:  # fail on the data before loading the model
+        load_text_dataset(dataset, split=args.split)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(device)
+    # exported folders carry their modeling code (auto_map); this is what loading them from the Hub requires
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).to(device)
     block_size = args.block_size or model.config.n_positions
     if block_size > model.config.n_positions:
         parser.error(f"--block_size {block_size} exceeds the model's context ({model.config.n_positions})")
