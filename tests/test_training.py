@@ -188,6 +188,24 @@ def test_non_finite_losses_skip_updates_then_stop_keeping_the_last_good_checkpoi
     assert not (out / "model").exists()
 
 
+def test_training_on_prepared_uint16_shards(tmp_path, capsys, pg19_tiny, tiny_tokenizer_dir):
+    from training.prepare import main as prepare_main
+
+    prepared = tmp_path / "prepared"
+    assert prepare_main(["--dataset", str(pg19_tiny), "--tokenizer", str(tiny_tokenizer_dir),
+                         "--output", str(prepared)]) == 0
+    assert "needs the tokenizer it was prepared with" in _error(
+        capsys, tiny_args(tmp_path / "o", pg19_tiny, "--prepared_data", str(prepared)))
+    out = tmp_path / "run"
+    run([sys.executable, "-m", "training.train", *tiny_args(out, pg19_tiny, "--prepared_data", str(prepared),
+         "--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "6", "--eval_steps", "3", "--max_eval_samples", "16")])
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["dataset"] == str(prepared) and summary["steps"] == 6
+    assert summary["eval"]["validation"]["tokens"] == 16 * 128
+    losses = step_losses(out)
+    assert len(losses) == 6 and losses[6] < losses[1]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # clear errors before any compute
 

@@ -31,7 +31,6 @@ def eval_blocks(source, split, tokenizer, block_size, max_blocks=None, rank=0, w
         from .data import PreparedBlocks
 
         dataset = PreparedBlocks(prepared_data, split, block_size, endless=False, shuffle=False)
-        dataset.rank, dataset.world_size, dataset.per_rank = 0, 1, int(dataset.offsets[-1])
     else:
         dataset = PackedBlocks(source, split, tokenizer, block_size, sharding="blocks", shuffle_buffer=0, endless=False)
     for j, item in enumerate(dataset):
@@ -49,7 +48,7 @@ def evaluate_blocks(model, blocks, byte_lengths: np.ndarray, batch_size: int, de
     nll = torch.zeros((), dtype=torch.float64, device=device)
     tokens = bytes_ = 0
     byte_table = torch.from_numpy(byte_lengths)
-    for batch in make_dataloader(blocks_as_dataset(blocks), batch_size, num_workers=0):
+    for batch in make_dataloader(_Blocks(blocks), batch_size, num_workers=0):
         block = batch["input_ids"]
         targets = block[:, 1:]
         bytes_ += int(byte_table[targets.clamp(max=len(byte_table) - 1)].sum())
@@ -76,7 +75,7 @@ def summarise(nll: float, tokens: float, bytes_: float) -> dict:
     }
 
 
-class blocks_as_dataset(torch.utils.data.IterableDataset):
+class _Blocks(torch.utils.data.IterableDataset):
     """Wrap an iterator of blocks so the DataLoader batches it."""
 
     def __init__(self, blocks):
