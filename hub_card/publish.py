@@ -130,28 +130,45 @@ def push_main(argv: list[str] | None = None) -> int:
         return 2
 
     api = _hub()
-    try:
+
+    def upload():
         # private=None (not False) when --private is absent: an existing repo keeps its visibility.
         repo_url = api.create_repo(args.repo_id, token=token, private=args.private or None, exist_ok=True)
         if args.revision:
             api.create_branch(args.repo_id, branch=args.revision, token=token, exist_ok=True)
         print(f"uploading {len(operations)} files to {repo_url} ...")
-        commit = api.create_commit(
+        return api.create_commit(
             args.repo_id,
             operations=operations,
             commit_message=args.commit_message,
             revision=args.revision,
             token=token,
         )
-    except (HfHubHTTPError, ValueError) as error:  # ValueError: the Hub's metadata validation rejected the card
-        print(f"victorian-gpt push: error: the Hub refused the upload: {error}", file=sys.stderr)
-        return 1
-    except TransportError as error:
-        print(f"victorian-gpt push: error: cannot reach the Hub at {api.endpoint}: {error}", file=sys.stderr)
-        return 1
+
+    status, commit = _on_hub("victorian-gpt push", api, upload)
+    if status:
+        return status
     print(commit.commit_url)
     print(f"pin this version with revision={commit.oid!r}")
     return 0
+
+
+def _on_hub(prog: str, api: HfApi, requests):
+    """Run `requests()` against the Hub; its refusals and an unreachable Hub become one-line errors.
+
+    Returns (exit status, what `requests` returned): 0 on success, 2 for our own refusal, 1 for the Hub's.
+    """
+    try:
+        return 0, requests()
+    except PublishError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2, None
+    except (HfHubHTTPError, ValueError) as error:  # ValueError: the Hub's metadata validation rejected the card
+        print(f"{prog}: error: the Hub refused the upload: {error}", file=sys.stderr)
+        return 1, None
+    except TransportError as error:
+        print(f"{prog}: error: cannot reach the Hub at {api.endpoint}: {error}", file=sys.stderr)
+        return 1, None
 
 
 def _default_space_dir() -> Path:
@@ -214,7 +231,8 @@ def push_space_main(argv: list[str] | None = None) -> int:
         return 2
 
     api = _hub()
-    try:
+
+    def upload():
         card.data.models = [args.model_id]
         card.data.datasets = [args.dataset or _model_dataset(api, args.model_id, token)]
         operations = [CommitOperationAdd(f.as_posix(), str(space_dir / f)) for f in files]
@@ -225,18 +243,13 @@ def push_space_main(argv: list[str] | None = None) -> int:
         # The app reads the model to serve from MODEL_ID; a Space variable survives later pushes of the app.
         api.add_space_variable(args.repo_id, "MODEL_ID", args.model_id, token=token)
         print(f"uploading {len(operations)} files to {repo_url} ...")
-        commit = api.create_commit(
+        return api.create_commit(
             args.repo_id, operations=operations, commit_message=args.commit_message, repo_type="space", token=token
         )
-    except PublishError as error:
-        print(f"victorian-gpt push-space: error: {error}", file=sys.stderr)
-        return 2
-    except (HfHubHTTPError, ValueError) as error:
-        print(f"victorian-gpt push-space: error: the Hub refused the upload: {error}", file=sys.stderr)
-        return 1
-    except TransportError as error:
-        print(f"victorian-gpt push-space: error: cannot reach the Hub at {api.endpoint}: {error}", file=sys.stderr)
-        return 1
+
+    status, commit = _on_hub("victorian-gpt push-space", api, upload)
+    if status:
+        return status
     print(commit.commit_url)
     return 0
 
