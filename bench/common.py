@@ -21,10 +21,11 @@ def build_pair(n_layer, n_embd, n_head, n_positions, vocab_size, seed=0):
     ours = VictorianGPTForCausalLM(VictorianGPTConfig(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     torch.manual_seed(seed)
     ref_config = GPT2Config(
-        **shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM"
+        **shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0
     )
     ref_config._attn_implementation = "sdpa"
     reference = GPT2LMHeadModel(ref_config)
+    reference.loss_type = "ForCausalLM"  # what transformers would pick anyway, without its warning
     assert reference.config._attn_implementation == "sdpa"
     return ours, reference
 
