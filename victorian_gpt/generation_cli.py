@@ -82,9 +82,13 @@ class Session:
     def __init__(self, textgen, model, tokenizer, limits, settings: dict):
         self.textgen, self.model, self.tokenizer, self.limits, self.settings = textgen, model, tokenizer, limits, settings
 
+    def prepare(self, prompt: str, settings: dict | None = None):
+        """(input_ids, params) for `prompt` under `settings` (default: the current ones); raises ValidationError."""
+        parameters = self.textgen.control_parameters(**(self.settings if settings is None else settings))
+        return self.textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
+
     def start(self, prompt: str):
-        parameters = self.textgen.control_parameters(**self.settings)
-        input_ids, params = self.textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
+        input_ids, params = self.prepare(prompt)
         return self.textgen.Generation(self.model, self.tokenizer, input_ids, params)
 
     def one(self, prompt: str, stream: bool) -> int:
@@ -109,8 +113,7 @@ class Session:
         # Check every prompt before generating anything, so a bad line 90 does not waste the first 89.
         for number, prompt in enumerate(prompts, 1):
             try:
-                self.textgen.prepare_request(self.tokenizer, prompt, self.limits,
-                                             **self.textgen.control_parameters(**self.settings))
+                self.prepare(prompt)
             except self.textgen.ValidationError as error:
                 raise self.textgen.ValidationError(f"{path}, prompt {number}: {error}") from None
         from tqdm.auto import tqdm
@@ -189,8 +192,7 @@ class Session:
             try:
                 new = self.SETTABLE[name](value.strip())
                 # check the new value against the same rules a generation would, before keeping it
-                self.textgen.prepare_request(self.tokenizer, "x", self.limits,
-                                             **self.textgen.control_parameters(**{**self.settings, key: new}))
+                self.prepare("x", {**self.settings, key: new})
             except ValueError as error:  # a bad number, or a ValidationError
                 print(f"error: {name} {value.strip()!r}: {error}")
                 return None
