@@ -32,12 +32,12 @@ def test_shapes_and_outputs():
     ids = random_ids(3, 17)
     out = model(ids, output_hidden_states=True)
     assert out.logits.shape == (3, 17, 512)
-    assert isinstance(out.past_key_values, DynamicCache)
-    assert out.past_key_values.get_seq_length() == 17
+    assert isinstance(out.cache, DynamicCache)
+    assert out.cache.get_seq_length() == 17
     assert len(out.hidden_states) == model.config.n_layer + 1
     assert out.hidden_states[0].shape == (3, 17, 64)
     base = model.transformer(ids, use_cache=False)
-    assert base.last_hidden_state.shape == (3, 17, 64) and base.past_key_values is None
+    assert base.last_hidden_state.shape == (3, 17, 64) and base.cache is None
     assert model(ids, logits_to_keep=1).logits.shape == (3, 1, 512)
     assert isinstance(model(ids, return_dict=False), tuple)
 
@@ -87,9 +87,9 @@ def test_cached_and_uncached_decoding_agree():
     # and by hand: prefill, then one token at a time through the Cache API, against full recomputation
     cache = DynamicCache(config=model.config)
     seq = cached.sequences[0]
-    model(seq[None, :9], past_key_values=cache)
+    model(seq[None, :9], cache=cache)
     for t in range(9, seq.numel()):
-        step = model(seq[None, t : t + 1], past_key_values=cache).logits[0, -1]
+        step = model(seq[None, t : t + 1], cache=cache).logits[0, -1]
         full = model(seq[None, : t + 1], use_cache=False).logits[0, -1]
         torch.testing.assert_close(step, full, rtol=0, atol=1e-5)
 
@@ -98,8 +98,8 @@ def test_multi_token_extension_of_a_cache_is_causal():
     model = make_model()
     ids = random_ids(1, 16)
     cache = DynamicCache(config=model.config)
-    model(ids[:, :10], past_key_values=cache)
-    chunk = model(ids[:, 10:], past_key_values=cache).logits
+    model(ids[:, :10], cache=cache)
+    chunk = model(ids[:, 10:], cache=cache).logits
     full = model(ids, use_cache=False).logits[:, 10:]
     torch.testing.assert_close(chunk, full, rtol=0, atol=1e-5)
 

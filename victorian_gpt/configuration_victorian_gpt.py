@@ -35,7 +35,7 @@ class VictorianGPTConfig(PretrainedConfig):
     """
 
     model_type = "victorian_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     attribute_map = {
         "hidden_size": "n_embd",
         "max_position_embeddings": "n_positions",

@@ -18,6 +18,10 @@ from transformers.pytorch_utils import Conv1D
 
 from .configuration_victorian_gpt import VictorianGPTConfig
 
+# transformers 5.23 renamed the KV cache's argument and output field `past_key_values` to `cache`; 4.x knows only the
+# old name. Outputs are built with whichever field this release declares, so no deprecation warning is triggered.
+CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
 try:  # transformers >= 5: init functions that leave weights loaded from a checkpoint alone
     from transformers import initialization as init
 except ImportError:  # transformers 4.x: only missing weights are initialised, plain torch init is right there
@@ -105,7 +109,7 @@ class VictorianGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["VictorianGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_cache_class = True  # transformers 4.x
     _supports_static_cache = False
@@ -177,13 +181,15 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         output_hidden_states=None,
         return_dict=None,
+        past_key_values=None,
         **kwargs,
     ):
+        past_key_values = cache if cache is not None else past_key_values  # 4.x passes the old name
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
         if inputs_embeds is None:
@@ -199,7 +205,7 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
         elif past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         elif not isinstance(past_key_values, Cache):
-            raise TypeError("`past_key_values` must be a transformers `Cache` (e.g. DynamicCache), not a tuple")
+            raise TypeError("`cache` must be a transformers `Cache` (e.g. DynamicCache), not a tuple")
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
 
         if past_len + seq_len > self.config.n_positions:
@@ -225,7 +231,7 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
             all_hidden_states += (hidden_states,)
 
         output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: past_key_values}
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -271,13 +277,14 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
         output_hidden_states=None,
         return_dict=None,
         logits_to_keep=0,
+        past_key_values=None,
         **kwargs,
     ):
         r"""
@@ -290,7 +297,7 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -308,7 +315,7 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
             loss = self.causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
 
         output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
         return output if return_dict is not False else output.to_tuple()
 
