@@ -37,11 +37,22 @@ class TrainingConfig:
     # --- optimisation
     tokens_per_step: int = 524_288  # tokens per optimizer step; gradient accumulation is derived from it
     micro_batch_size: int = 8  # blocks per forward pass per process
-    max_steps: int = 1000  # optimizer steps
-    learning_rate: float = 1e-4
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    max_steps: int = 1000  # optimizer steps (with max_train_minutes: a cap; the time budget normally ends the run)
+    max_train_minutes: float | None = None  # train for this much training-step time (evaluation, samples and
+    #   checkpoint saves not counted); the schedule then follows elapsed time / budget instead of steps
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for the blocks' 2-D matrices, AdamW for the rest
+    learning_rate: float = 1e-4  # AdamW's (all parameters, or with optimizer=muon: embeddings, head, norms, biases)
+    lr_scheduler_type: str = "cosine"  # "cosine" | "warmup_stable_decay" (transformers' names)
+    min_lr_ratio: float = 0.1  # the schedules decay to initial lr * min_lr_ratio
     warmup_steps: int = 100
-    weight_decay: float = 0.01  # on 2-D weights only
+    decay_ratio: float = 0.2  # warmup_stable_decay: the last fraction of the run (steps or time) spent decaying
+    decay_type: str = "linear"  # warmup_stable_decay's decay shape: "linear" | "cosine" | "1-sqrt"
+    weight_decay: float = 0.01  # AdamW's, on 2-D weights only
+    muon_learning_rate: float | None = None  # None: learning_rate (what muon_adjust_lr_fn=match_rms_adamw is for)
+    muon_weight_decay: float | None = None  # None: weight_decay
+    muon_momentum: float = 0.95
+    muon_ns_steps: int = 5  # Newton-Schulz iterations
+    muon_adjust_lr_fn: str = "match_rms_adamw"  # or "original" (sqrt(max(1, out/in)) on the (out, in) orientation)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_epsilon: float = 1e-8
@@ -138,12 +149,19 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
     _unknown(overrides, "the command line")
     values.update(overrides)
     config = TrainingConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    for name, allowed in (("data_sharding", ("books", "blocks")), ("mixed_precision", (None, "no", "fp16", "bf16"))):
+    for name, allowed in (("data_sharding", ("books", "blocks")), ("mixed_precision", (None, "no", "fp16", "bf16")),
+                          ("optimizer", ("adamw", "muon")), ("lr_scheduler_type", ("cosine", "warmup_stable_decay")),
+                          ("decay_type", ("linear", "cosine", "1-sqrt")),
+                          ("muon_adjust_lr_fn", ("match_rms_adamw", "original"))):
         if getattr(config, name) not in allowed:
             raise ValueError(f"config key {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
     for name in ("tokens_per_step", "micro_batch_size", "max_steps"):
         if getattr(config, name) <= 0:
             raise ValueError(f"config key {name!r} must be positive, got {getattr(config, name)}")
+    if config.max_train_minutes is not None and config.max_train_minutes <= 0:
+        raise ValueError(f"config key 'max_train_minutes' must be positive or null, got {config.max_train_minutes}")
+    if not 0.0 <= config.decay_ratio <= 1.0:
+        raise ValueError(f"config key 'decay_ratio' must be between 0 and 1, got {config.decay_ratio}")
     return config
 
 

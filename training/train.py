@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .config import FIELDS, TrainingConfig, load_config, parse_overrides
+from .optim import build_optimizer, lr_factor, set_learning_rates
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -46,14 +47,9 @@ class NonFiniteLossError(RuntimeError):
     """More than `max_nonfinite_steps` consecutive non-finite losses."""
 
 
-def lr_at(step: int, config: TrainingConfig) -> float:
-    """Linear warm-up to `learning_rate`, then cosine decay to `learning_rate * min_lr_ratio` at `max_steps`.
-    A pure function of the step, so resuming needs no scheduler state."""
-    floor = config.learning_rate * config.min_lr_ratio
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - floor)
+def lr_at(step: int, config: TrainingConfig, train_time_s: float | None = None) -> float:
+    """AdamW's learning rate at `step` (see `optim.lr_factor`; Muon's follows the same factor)."""
+    return config.learning_rate * lr_factor(step, config, train_time_s)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -157,19 +153,6 @@ class Interrupt:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         return False
-
-
-def build_optimizer(model, config: TrainingConfig, fused: bool):
-    """AdamW with weight decay on 2-D weights (matmuls, embeddings) only; biases and LayerNorm gains are not decayed."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon, fused=fused)
 
 
 def flops_per_token(model_config, block_size: int) -> float:
@@ -356,7 +339,7 @@ def train(config: TrainingConfig, checked=None) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     set_seed(config.seed, device_specific=True)
 
-    run = {"step": 0, "tokens_seen": 0, "books_seen": 0, "wall_time_s": 0.0, "nonfinite_in_row": 0,
+    run = {"step": 0, "tokens_seen": 0, "books_seen": 0, "wall_time_s": 0.0, "train_time_s": 0.0, "nonfinite_in_row": 0,
            "gradient_accumulation_steps": accumulation, "num_processes": accelerator.num_processes}
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))  # weights, optimizer, scaler, RNG: after this nothing draws randomness
@@ -429,16 +412,23 @@ def train(config: TrainingConfig, checked=None) -> dict:
 
     # --- the loop
     model.train()
-    progress = tqdm(total=config.max_steps, initial=run["step"], desc="train", unit="step",
-                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+    budget_s = config.max_train_minutes * 60 if config.max_train_minutes else None
+    if budget_s is None:
+        progress = tqdm(total=config.max_steps, initial=run["step"], desc="train", unit="step",
+                        disable=not accelerator.is_main_process, dynamic_ncols=True)
+    else:  # the bar counts seconds of training time
+        progress = tqdm(total=round(budget_s), initial=round(run["train_time_s"]), desc="train (seconds)",
+                        unit="s", disable=not accelerator.is_main_process, dynamic_ncols=True)
     stopped_by = None
+    # the training clock every rank agrees on: rank 0's, carried by the per-step all-reduce
+    clock = run["train_time_s"]
     segment_start, segment_tokens = time.time(), 0
     with Interrupt() as interrupt:
-        while run["step"] < config.max_steps:
+        while run["step"] < config.max_steps and (budget_s is None or clock < budget_s):
             step_start = time.time()
-            lr = lr_at(run["step"], config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            factor = lr_factor(run["step"], config, clock)
+            set_learning_rates(optimizer, factor)
+            lr = config.learning_rate * factor
             loss_sum = torch.zeros((), device=device)
             books = -1
             for _ in range(accumulation):
@@ -454,10 +444,13 @@ def train(config: TrainingConfig, checked=None) -> dict:
                     accelerator.backward(loss)  # divided by the accumulation steps inside
                 loss_sum += loss.detach()
             # one small all-reduce carries the loss, non-finite flags and interrupt requests of every rank
+            clock_rank0 = run["train_time_s"] + time.time() - step_start if accelerator.is_main_process else 0.0
             flags = torch.stack([loss_sum / accumulation, torch.tensor(float(interrupt.requested), device=device),
-                                 torch.tensor(float(books + 1), device=device)])
+                                 torch.tensor(float(books + 1), device=device),
+                                 torch.tensor(clock_rank0, dtype=loss_sum.dtype, device=device)])
             flags = accelerator.reduce(flags, reduction="sum") if accelerator.num_processes > 1 else flags
             step_loss, interrupted = flags[0].item() / accelerator.num_processes, flags[1].item() > 0
+            clock = flags[3].item()
             if math.isfinite(step_loss):
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -477,9 +470,11 @@ def train(config: TrainingConfig, checked=None) -> dict:
                 stopped_by = "nonfinite"
                 break
             step_time = time.time() - step_start
+            # rank 0 keeps its full clock (saved in checkpoints); the others follow the agreed one
+            run["train_time_s"] = run["train_time_s"] + step_time if accelerator.is_main_process else clock
             segment_tokens += tokens_per_step
             entry = {"step": run["step"], "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                     "step_time_s": step_time, "time": time.time()}
+                     "step_time_s": step_time, "train_time_s": round(run["train_time_s"], 3), "time": time.time()}
             record(entry)
             if run["step"] % config.logging_steps == 0 or run["step"] == 1:
                 # over the last logging window, so compilation and evaluation pauses age out
@@ -490,8 +485,9 @@ def train(config: TrainingConfig, checked=None) -> dict:
                                  "train/tokens_per_s": tokens_per_s, "train/mfu": mfu}, step=run["step"])
                 progress.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
                                      mfu=f"{100 * mfu:.1f}%", mem=memory_used(device), refresh=False)
-            progress.update(1)
-            if config.eval_steps and run["step"] % config.eval_steps == 0 and run["step"] < config.max_steps:
+            progress.update(1 if budget_s is None else step_time)
+            if (config.eval_steps and run["step"] % config.eval_steps == 0 and run["step"] < config.max_steps
+                    and (budget_s is None or clock < budget_s)):
                 run_eval(run["step"])
                 segment_start, segment_tokens = time.time(), 0  # the pause is not training throughput
             periodic = config.save_steps and run["step"] % config.save_steps == 0 and not run["nonfinite_in_row"]
@@ -537,14 +533,19 @@ def train(config: TrainingConfig, checked=None) -> dict:
             "micro_batch_size": config.micro_batch_size,
             "gradient_accumulation_steps": accumulation,
             "num_processes": accelerator.num_processes,
+            "optimizer": config.optimizer,
             "learning_rate": config.learning_rate,
-            "lr_schedule": "cosine",
+            **({"muon_learning_rate": config.muon_learning_rate if config.muon_learning_rate is not None
+                else config.learning_rate} if config.optimizer == "muon" else {}),
+            "lr_schedule": config.lr_scheduler_type,
             "warmup_steps": config.warmup_steps,
             "weight_decay": config.weight_decay,
             "max_grad_norm": config.max_grad_norm,
             "mixed_precision": accelerator.mixed_precision,
             "hardware": hardware_name(accelerator),
             "wall_time_s": round(run["wall_time_s"], 1),
+            "train_time_s": round(run["train_time_s"], 1),
+            "max_train_minutes": config.max_train_minutes,
             "eval": final,
             "loss_curve": "loss_curve.png",
             "transformers_version": __import__("transformers").__version__,
@@ -573,8 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Train VictorianGPT. Any training-config key can be overridden as --key value.",
         epilog="config keys (see training/config.py): " + ", ".join(
             f"{name}={field.default if field.default is not dataclasses.MISSING else '{}'}" for name, field in FIELDS.items()
-        ) + ". Multi-GPU / mixed precision: accelerate launch --config_file accelerate_config.yaml -m training.train "
-        "--config ...",
+        ) + ". max_train_minutes counts the time of the training steps only (data, forward, backward, optimizer), "
+        "not evaluation, samples or checkpoint saves, so runs compare at equal compute; the schedule then follows that "
+        "clock and max_steps only caps the run. Multi-GPU / mixed precision: accelerate launch --config_file "
+        "accelerate_config.yaml -m training.train --config ...",
     )
     parser.add_argument("--config", default=None, help="a YAML training config (training/configs/*.yaml)")
     args, rest = parser.parse_known_args(argv)
