@@ -15,20 +15,32 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real PG19-format sample, when this checkout has it beside it (a public clone does not): see `pg19_sample`.
 PG19_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "pg19-sample"
-PG19_TINY = PG19_SAMPLE / "tiny"
+PG19_TINY = PG19_SAMPLE / "tiny"  # its 3-book cut; tests take `pg19_tiny` (generated) or `pg19_sample` instead
 
 
 @pytest.fixture(scope="session")
-def pg19_tiny() -> Path:
-    if not PG19_TINY.is_dir():
-        pytest.fail(f"test data missing: {PG19_TINY} (shared/ must sit beside the repository)")
-    return PG19_TINY
+def pg19_tiny(tmp_path_factory) -> Path:
+    """A small PG19-format folder made for the tests: train.jsonl (3 books of ~100k characters), validation.jsonl
+    and test.jsonl (1 book of ~30k each), generated deterministically (tests/synthetic_pg19.py). The same on every
+    machine, with or without the real sample."""
+    from synthetic_pg19 import write_pg19_folder
+
+    return write_pg19_folder(tmp_path_factory.mktemp("pg19") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def pg19_sample() -> Path:
+    """The real PG19-format sample (../shared/data/pg19-sample), for tests that want real books; skips without it."""
+    if not (PG19_SAMPLE / "tiny").is_dir():
+        pytest.skip(f"the real PG19 sample is not beside this checkout ({PG19_SAMPLE})")
+    return PG19_SAMPLE
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory, pg19_tiny) -> Path:
-    """A 512-token byte-level BPE trained on the tiny PG19 sample."""
+    """A 512-token byte-level BPE trained on `pg19_tiny`."""
     from victorian_gpt.tokenization import train_tokenizer_from_source
 
     out = tmp_path_factory.mktemp("tokenizer")
