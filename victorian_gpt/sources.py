@@ -11,6 +11,14 @@ from pathlib import Path
 
 DEFAULT_DATASET = "emozilla/pg19"  # a Parquet copy of deepmind/pg19 (same fields and splits) that streams
 SCRIPT_ONLY_DATASETS = {"deepmind/pg19", "pg19"}
+PG19_FIELDS = ("short_book_title", "publication_date", "url", "text")
+# What to do when a local dataset is missing; one line, for every command that takes --dataset.
+MISSING_DATASET_HINT = (
+    f"Stream PG19 from the Hub with --dataset {DEFAULT_DATASET}, or point --dataset at a local PG19-format copy: "
+    "a folder of train/validation/test .jsonl, .jsonl.gz or .parquet files, one book per record with the fields "
+    f"{', '.join(PG19_FIELDS)} (`python -m training.sample --dataset {DEFAULT_DATASET} --books 60 --output "
+    "data/pg19-sample` makes one)."
+)
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -57,10 +65,14 @@ def load_text_dataset(source: str = DEFAULT_DATASET, split: str = "train", strea
             f"longer supported'). Use {DEFAULT_DATASET!r}, a Parquet copy with the same fields and splits."
         )
     path = Path(os.path.expanduser(source))
-    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+    # a Hub id is `name` or `namespace/name`; `data/pg19-sample` is a local path when `data/` is a local folder
+    looks_local = (
+        path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+        or (len(path.parts) > 1 and path.parent.is_dir())
+    )
     if looks_local:
         if not path.exists():
-            raise FileNotFoundError(f"Dataset path {source!r} does not exist")
+            raise FileNotFoundError(f"Dataset path {source!r} does not exist. {MISSING_DATASET_HINT}")
         if path.is_file():
             name = path.name[:-3] if path.name.endswith(".gz") else path.name
             builder = _FORMATS.get(Path(name).suffix)
