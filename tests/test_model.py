@@ -1,4 +1,5 @@
-"""Behaviour of VictorianGPTConfig / VictorianGPTForCausalLM: shapes, loss, causality, cache, padding, saving."""
+"""Behaviour of VictorianGPTConfig / VictorianGPTForCausalLM: shapes, loss, causality, cache, padding, saving, each
+architecture option, the attention implementations, mixed precision and the exports made before the options."""
 
 from __future__ import annotations
 
@@ -10,17 +11,42 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
+from conftest import REPO_ROOT
 from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM, VictorianGPTModel
+from victorian_gpt.configuration_victorian_gpt import MODERN
 
 torch.set_num_threads(2)
 
+# Each architecture option alone on the GPT-2 tiny model, and all of them together (the modern recipe).
+VARIANTS = {
+    "gpt2": {},
+    "rope": dict(position_embedding_type="rope"),
+    "rmsnorm": dict(norm_type="rmsnorm"),
+    "relu2": dict(activation_function="relu2"),
+    "swiglu": dict(activation_function="swiglu"),
+    "qk_norm": dict(qk_norm=True),
+    "untied": dict(tie_word_embeddings=False),
+    "linear_no_bias": dict(weight_layout="linear", attention_bias=False, mlp_bias=False),
+    "zero_init_residual": dict(zero_init_residual=True),
+    "softcap": dict(final_logit_softcapping=2.0),
+    "modern": MODERN,
+}
+variants = pytest.mark.parametrize("variant", list(VARIANTS))
 
-def make_model(seed=0, **overrides):
+
+def make_model(seed=0, variant="gpt2", **overrides):
+    """A tiny model. Weights that start at zero (an untied head, zero-initialised residual projections) get small
+    random values, as training would give them: a model that outputs constant logits tests nothing."""
     torch.manual_seed(seed)
     config = VictorianGPTConfig.from_preset(
-        "tiny", **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **overrides}
+        "tiny", **{**VARIANTS[variant], "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **overrides}
     )
-    return VictorianGPTForCausalLM(config).eval()
+    model = VictorianGPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2 and not p.any():
+                p.normal_(0.0, 0.02)
+    return model
 
 
 def random_ids(batch, length, vocab=512, seed=1):
@@ -64,8 +90,9 @@ def test_loss_equals_hand_computed_cross_entropy():
     assert summed.item() == pytest.approx(nll / 42, rel=1e-5)
 
 
-def test_causality_later_tokens_do_not_change_earlier_logits():
-    model = make_model()
+@variants
+def test_causality_later_tokens_do_not_change_earlier_logits(variant):
+    model = make_model(variant=variant)
     ids = random_ids(1, 20)
     changed = ids.clone()
     changed[0, 12:] = (changed[0, 12:] + 7) % 512
@@ -74,12 +101,13 @@ def test_causality_later_tokens_do_not_change_earlier_logits():
     assert (a[:, 12:] - b[:, 12:]).abs().max() > 1e-3
 
 
-def test_cached_and_uncached_decoding_agree():
-    model = make_model()
+@variants
+def test_cached_and_uncached_decoding_agree(variant):
+    model = make_model(variant=variant)
     prompt = random_ids(1, 9)
-    cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True, repetition_penalty=1.0,
+    cached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, repetition_penalty=1.0,
                             output_logits=True, return_dict_in_generate=True)
-    uncached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False, repetition_penalty=1.0,
+    uncached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False, repetition_penalty=1.0,
                               output_logits=True, return_dict_in_generate=True)
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.logits, uncached.logits):
@@ -94,8 +122,9 @@ def test_cached_and_uncached_decoding_agree():
         torch.testing.assert_close(step, full, rtol=0, atol=1e-5)
 
 
-def test_multi_token_extension_of_a_cache_is_causal():
-    model = make_model()
+@variants
+def test_multi_token_extension_of_a_cache_is_causal(variant):
+    model = make_model(variant=variant)
     ids = random_ids(1, 16)
     cache = DynamicCache(config=model.config)
     model(ids[:, :10], cache=cache)
@@ -104,8 +133,9 @@ def test_multi_token_extension_of_a_cache_is_causal():
     torch.testing.assert_close(chunk, full, rtol=0, atol=1e-5)
 
 
-def test_left_padded_batch_generates_what_each_prompt_does_alone():
-    model = make_model()
+@variants
+def test_left_padded_batch_generates_what_each_prompt_does_alone(variant):
+    model = make_model(variant=variant)
     prompts = [random_ids(1, n, seed=n)[0] for n in (4, 11, 7)]
     longest = max(p.numel() for p in prompts)
     pad = model.config.pad_token_id
@@ -114,10 +144,10 @@ def test_left_padded_batch_generates_what_each_prompt_does_alone():
     for i, p in enumerate(prompts):
         ids[i, longest - p.numel():] = p
         mask[i, longest - p.numel():] = 1
-    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, repetition_penalty=1.0,
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, repetition_penalty=1.0,
                              eos_token_id=None)
     for i, p in enumerate(prompts):
-        alone = model.generate(p[None], max_new_tokens=12, do_sample=False, repetition_penalty=1.0,
+        alone = model.generate(p[None], max_new_tokens=8, do_sample=False, repetition_penalty=1.0,
                                eos_token_id=None)
         assert torch.equal(batched[i, longest:], alone[0, p.numel():]), f"prompt {i} differs when batched"
     # the padded forward pass gives the same logits at real positions as the unpadded one
@@ -155,8 +185,9 @@ def test_tied_embeddings_and_gpt2_initialisation():
     assert torch.all(block.ln_1.weight == 1) and torch.all(block.attn.c_attn.bias == 0)
 
 
-def test_save_load_round_trip_is_bit_exact(tmp_path, caplog):
-    model = make_model()
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_save_load_round_trip_is_bit_exact(tmp_path, caplog, variant):
+    model = make_model(variant=variant)
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt")) for f in files)
@@ -166,15 +197,19 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert "newly initialized" not in caplog.text and "MISSING" not in caplog.text
-    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    tied = loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    assert tied == model.config.tie_word_embeddings
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
     ids = random_ids(2, 30)
     assert torch.equal(model(ids).logits, loaded(ids).logits)
     assert loaded.generation_config.temperature == 1.3
     assert isinstance(AutoConfig.from_pretrained(tmp_path), VictorianGPTConfig)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = make_model().train()
+@variants
+def test_gradient_checkpointing_gives_the_same_gradients(variant):
+    model = make_model(variant=variant).train()
     ids = random_ids(2, 16)
     model(ids, labels=ids).loss.backward()
     plain = [p.grad.clone() for p in model.parameters()]
@@ -212,6 +247,14 @@ def test_sequence_longer_than_context_is_refused():
         (dict(attn_pdrop=-0.1), r"`attn_pdrop` must be in \[0, 1\)"),
         (dict(activation_function="relu"), "activation_function"),
         (dict(layer_norm_epsilon=0), "layer_norm_epsilon"),
+        (dict(position_embedding_type="alibi"), "position_embedding_type"),
+        (dict(norm_type="batchnorm"), "norm_type"),
+        (dict(weight_layout="columns"), "weight_layout"),
+        (dict(qk_norm="yes"), "`qk_norm` must be true or false"),
+        (dict(attention_bias=False), "always has biases"),
+        (dict(position_embedding_type="rope", rope_theta=0), "rope_theta"),
+        (dict(n_embd=36, n_head=4, position_embedding_type="rope"), "even head size"),
+        (dict(final_logit_softcapping=-1.0), "final_logit_softcapping"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -252,3 +295,137 @@ def test_inference_logits_follow_weight_updates():
     with torch.no_grad():
         model.to(torch.float64)
         torch.testing.assert_close(model(ids).logits, after.double(), rtol=0, atol=1e-5)
+
+
+def test_modern_options_build_the_modules_they_name():
+    model = make_model(variant="modern")
+    block = model.transformer.h[0]
+    assert model.transformer.wpe is None  # rotary positions: no position embedding table
+    assert type(block.ln_1).__name__ == "VictorianGPTRMSNorm" and block.attn.q_norm is not None
+    assert isinstance(block.attn.c_attn, torch.nn.Linear) and block.attn.c_attn.bias is None
+    assert block.mlp.c_fc.weight.shape == (4 * 64, 64)  # nn.Linear: (out, in)
+    swiglu = make_model(variant="swiglu").transformer.h[0].mlp
+    assert swiglu.c_fc.weight.shape == (64, 2 * 192)  # Conv1D (in, out): gate and value, 8/3 x 64 rounded up to 64
+
+
+def test_untied_head_and_zero_init_residual_start_at_zero():
+    torch.manual_seed(0)
+    model = VictorianGPTForCausalLM(VictorianGPTConfig.from_preset("modern-tiny", zero_init_residual=True))
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
+    assert not model.lm_head.weight.any()
+    for block in model.transformer.h:
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+        assert block.attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    ids = random_ids(1, 10)
+    # blocks start as the identity and the head at zero: every next token is equally likely
+    torch.testing.assert_close(model(ids).logits, torch.zeros(1, 10, 512))
+
+
+def test_presets_modern_124m_has_the_gpt2_shape_and_every_modern_option():
+    modern, gpt2 = VictorianGPTConfig.from_preset("modern-124m"), VictorianGPTConfig.from_preset("gpt2-124m")
+    for key in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size"):
+        assert getattr(modern, key) == getattr(gpt2, key)
+    for key, value in MODERN.items():
+        assert getattr(modern, key) == value
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in VictorianGPTForCausalLM(modern).parameters())
+    assert 150e6 < n_params < 170e6  # the 124M body plus an untied 50,304 x 768 head
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "rope", "modern"])  # the options that change attention's inputs
+def test_eager_and_sdpa_attention_agree(variant, tmp_path):
+    model = make_model(variant=variant)
+    model.save_pretrained(tmp_path)
+    ids = random_ids(3, 20)
+    mask = torch.ones_like(ids)
+    mask[0, :6] = 0
+    real = mask.bool()
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        assert loaded.config._attn_implementation == implementation
+        with torch.no_grad():
+            outputs[implementation] = (
+                loaded(ids).logits,
+                loaded(ids, attention_mask=mask).logits[real],
+                loaded.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, repetition_penalty=1.0),
+            )
+    (a, a_pad, a_gen), (b, b_pad, b_gen) = outputs["sdpa"], outputs["eager"]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a_pad, b_pad, rtol=0, atol=1e-5)
+    assert torch.equal(a_gen, b_gen)
+    with torch.no_grad():  # eager is the implementation that can return the attention weights
+        weights = loaded(ids, output_attentions=True).attentions
+    assert len(weights) == 2 and weights[0].shape == (3, 4, 20, 20)
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 4, 20))
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "rmsnorm", "modern"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_autocast_stays_close_to_fp32(variant, dtype):
+    """What `accelerate`'s fp16/bf16 mixed precision does: autocast around forward, fp32 weights and loss."""
+    model = make_model(variant=variant).train()
+    ids = random_ids(4, 32)
+    reference = model(ids, labels=ids).loss
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(ids, labels=ids)
+    assert out.logits.dtype == dtype and out.loss.dtype == torch.float32
+    assert out.loss.item() == pytest.approx(reference.item(), rel=2e-2)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):  # half-precision decoding: cached == uncached
+        model.eval()
+        prompt = random_ids(1, 6)
+        cached = model.generate(prompt, max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
+        uncached = model.generate(prompt, max_new_tokens=10, do_sample=False, repetition_penalty=1.0, use_cache=False)
+    assert cached.shape == uncached.shape == (1, 16)
+    assert (cached == uncached).float().mean() >= 0.9  # a rare near-tie may round either way in half precision
+
+
+LEGACY_EXPORT = REPO_ROOT / "tests" / "fixtures" / "legacy-gpt2-export"
+
+
+def test_exports_made_before_the_options_load_as_the_same_model():
+    """tests/fixtures/legacy-gpt2-export was written by victorian_gpt 0.1.0 (its config.json has none of the new
+    keys), with the logits that code computed. Loaded by today's code it is the same GPT-2: every option at its GPT-2
+    value, the same weights, the same logits (identical on the machine that made them: the tolerance only absorbs
+    another CPU's matmul rounding) and the same greedy tokens."""
+    from safetensors.torch import load_file
+
+    assert "position_embedding_type" not in json.loads((LEGACY_EXPORT / "config.json").read_text())
+    model = VictorianGPTForCausalLM.from_pretrained(LEGACY_EXPORT).eval()
+    config = model.config
+    assert (config.position_embedding_type, config.norm_type, config.weight_layout, config.activation_function) == (
+        "learned", "layernorm", "conv1d", "gelu_new")
+    assert not config.qk_norm and config.tie_word_embeddings and config.final_logit_softcapping is None
+    reference = load_file(LEGACY_EXPORT / "reference_outputs.safetensors")
+    ids, mask = reference["input_ids"], reference["attention_mask"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference["logits"], rtol=0, atol=2e-6)
+        padded = model(ids, attention_mask=mask).logits
+        real = mask.bool()
+        torch.testing.assert_close(padded[real], reference["padded_logits"][real], rtol=0, atol=2e-6)
+        generated = model.generate(ids[:, :8], attention_mask=mask[:, :8], max_new_tokens=10, do_sample=False,
+                                   repetition_penalty=1.0)
+    assert torch.equal(generated, reference["generated"])
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_continuous_batching_generates_the_greedy_tokens_of_generate(variant, tmp_path):
+    """transformers' continuous batching (`generate_batch`: paged KV cache, requests packed into one sequence) runs
+    the model unchanged through the attention interface."""
+    from transformers import GenerationConfig
+
+    model = make_model(variant=variant, initializer_range=0.3)  # large weights: varied, non-degenerate tokens
+    model.save_pretrained(tmp_path)
+    paged = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="paged|eager").eval()
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (5, 17, 30)]
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.0, eos_token_id=None,
+                              pad_token_id=1)
+    results = paged.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    by_prompt = {tuple(r.prompt_ids): r.generated_tokens for r in results.values()}
+    for prompt in prompts:
+        alone = model.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt):].tolist()
+        assert by_prompt[tuple(prompt)] == alone
+    assert len(set(map(tuple, by_prompt.values()))) == 3

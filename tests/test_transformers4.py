@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_remote_code import STRANGER
+from test_remote_code import STRANGER, any_export, modern_tiny_export  # noqa: F401 (fixtures)
 
 from conftest import REPO_ROOT, run_isolated
 
 PYTHON4 = REPO_ROOT / ".venv-transformers4" / "bin" / "python"
 
 
-def test_export_loads_and_generates_on_transformers_4(tiny_export, tmp_path):
+def test_export_loads_and_generates_on_transformers_4(any_export, tmp_path):
+    tiny_export = any_export
     if not PYTHON4.exists():
         pytest.fail(f"{PYTHON4} missing: run `bash scripts/install_test_deps.sh` first")
     result = run_isolated(f"FOLDER = {str(tiny_export)!r}\n" + STRANGER, cwd=tmp_path, python=str(PYTHON4))

@@ -1,26 +1,35 @@
-"""VictorianGPT: a GPT-2-style pre-LayerNorm decoder, as a Hugging Face `PreTrainedModel`.
+"""VictorianGPT: a decoder-only transformer, as a Hugging Face `PreTrainedModel`.
+
+One implementation, two recipes chosen by the config (`configuration_victorian_gpt.MODERN`):
+- GPT-2 (the defaults, and every export written before the options existed): learned absolute positions, LayerNorm,
+  GELU, biases, `Conv1D` projections, input and output embeddings tied.
+- modern: rotary positions, RMSNorm, ReLU² MLP, RMS-normalised queries and keys, no biases, `nn.Linear` projections,
+  an untied head that starts at zero. Each choice was kept because a measured run said so (bench/bench_quality.py).
+
+Attention goes through transformers' attention interface (`ALL_ATTENTION_FUNCTIONS`: sdpa, eager, flex_attention,
+flash_attention_2, the paged ones of continuous batching), chosen with `attn_implementation=` at `from_pretrained`.
 
 This file is copied into every exported model folder and loaded with `trust_remote_code=True`, so it imports
 only torch, transformers and its sibling `configuration_victorian_gpt` (relatively). It runs on transformers 5
 and on the last 4.x release.
 """
 
+import functools
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import DynamicCache
 from transformers.generation import GenerationConfig, GenerationMixin
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.pytorch_utils import Conv1D
 
 from .configuration_victorian_gpt import VictorianGPTConfig
-
-# transformers 5.23 renamed the KV cache's argument and output field `past_key_values` to `cache`; 4.x knows only the
-# old name. Outputs are built with whichever field this release declares, so no deprecation warning is triggered.
-CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 try:  # transformers >= 5: init functions that leave weights loaded from a checkpoint alone
     from transformers import initialization as init
@@ -32,75 +41,173 @@ try:  # transformers >= 4.52
 except ImportError:  # pragma: no cover - older releases are not supported for training
     GradientCheckpointingLayer = nn.Module
 
+# transformers 5.23 renamed the KV cache's argument and output field `past_key_values` to `cache`; 4.x knows only the
+# old name. Outputs are built with whichever field this release declares, so no deprecation warning is triggered.
+CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+_MASK_TAKES_CACHE = "cache" in inspect.signature(create_causal_mask).parameters  # transformers >= 5.23
 
-# Projections are GPT-2's `Conv1D`: a linear layer whose weight is stored (in, out). For one row at a time (decoding)
-# MKL's x @ W runs at about twice the memory bandwidth of nn.Linear's x @ W.T; for training both are plain GEMMs.
+
+def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, past_len):
+    """The mask the configured attention implementation wants (None when SDPA can use `is_causal`, a BlockMask for
+    flex attention, a 4-D mask passed through as given), from transformers' own mask builder."""
+    if _MASK_TAKES_CACHE:
+        return create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  cache=cache, position_ids=position_ids)
+    cache_position = torch.arange(past_len, past_len + inputs_embeds.shape[1], device=inputs_embeds.device)
+    return create_causal_mask(config=config, input_embeds=inputs_embeds, attention_mask=attention_mask,
+                              cache_position=cache_position, past_key_values=cache, position_ids=position_ids)
+
+
+@functools.lru_cache(maxsize=None)
+def _update_takes_kwargs(cache_class) -> bool:
+    """transformers 5 caches take the attention kwargs in `update` (paged caches need them); 4.x ones do not."""
+    parameters = inspect.signature(cache_class.update).parameters
+    return "kwargs" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention written out: softmax(q k^T * scaling + mask) v. Returns (B, T, H, D) output and the weights."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+        else:
+            weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _attention_function(implementation):
+    if implementation in (None, "eager"):
+        return eager_attention_forward
+    get = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)  # transformers 5
+    return get(implementation, eager_attention_forward) if get else ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+def _projection(config: VictorianGPTConfig, n_in: int, n_out: int, bias: bool) -> nn.Module:
+    """GPT-2's `Conv1D` (weight (in, out)) or `nn.Linear` (weight (out, in)), as `config.weight_layout` says."""
+    return Conv1D(n_out, n_in) if config.weight_layout == "conv1d" else nn.Linear(n_in, n_out, bias=bias)
+
+
+class VictorianGPTRMSNorm(nn.Module):
+    """RMSNorm as Llama computes it: normalise in float32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def _norm(config: VictorianGPTConfig, dim: int) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return VictorianGPTRMSNorm(dim, config.layer_norm_epsilon)
+    return nn.LayerNorm(dim, eps=config.layer_norm_epsilon)
+
+
+def rotary_embeddings(position_ids, head_dim: int, theta: float, dtype):
+    """cos and sin, (B, T, head_dim), of Llama's rotary embedding (the two halves of a head rotate together).
+
+    Computed from the positions each call rather than held in a buffer: it is (B, T, head_dim) of work, and nothing
+    has to be restored after `from_pretrained` builds the model on the meta device."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    freqs = position_ids[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate (B, H, T, D) queries or keys by their positions."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class VictorianGPTAttention(nn.Module):
-    """Multi-head causal self-attention; one fused matmul makes q, k and v, SDPA does the rest."""
+    """Multi-head causal self-attention; one fused matmul makes q, k and v, the attention interface does the rest."""
 
     def __init__(self, config: VictorianGPTConfig, layer_idx: int):
         super().__init__()
+        self.config = config  # the attention interface reads `config._attn_implementation`
         self.layer_idx = layer_idx  # the slot of this layer in the KV cache
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.c_attn = Conv1D(3 * config.n_embd, config.n_embd)
-        self.c_proj = Conv1D(config.n_embd, config.n_embd)
-        self.c_proj.is_residual_projection = True  # scaled at init, see _init_weights
+        self.num_key_value_groups = 1  # what transformers' attention functions read: no grouped-query attention
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
         self.attn_pdrop = config.attn_pdrop
+        self.c_attn = _projection(config, config.n_embd, 3 * config.n_embd, config.attention_bias)
+        self.c_proj = _projection(config, config.n_embd, config.n_embd, config.attention_bias)
+        self.c_proj.is_residual_projection = True  # scaled (or zeroed) at init, see _init_weights
+        # QK-norm bounds the attention logits, which lets the learning rate go higher without loss spikes
+        self.q_norm = VictorianGPTRMSNorm(self.head_dim, config.layer_norm_epsilon) if config.qk_norm else None
+        self.k_norm = VictorianGPTRMSNorm(self.head_dim, config.layer_norm_epsilon) if config.qk_norm else None
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None):
+    def forward(self, hidden_states, attention_mask=None, cache=None, position_embeddings=None, **kwargs):
         bsz, seq_len, _ = hidden_states.shape
-        # (B, T, 3C) -> 3 x (B, H, T, D) without copies until SDPA needs them
+        # (B, T, 3C) -> 3 x (B, H, T, D) without copies until attention needs them
         qkv = self.c_attn(hidden_states).view(bsz, seq_len, 3, self.n_head, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
-        # No mask means "plain causal over keys == queries" (training, prefill) or "all keys" (one new token):
-        # SDPA then picks its fastest kernel. Anything else (padding, multi-token extension) comes as a mask.
-        out = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=self.attn_pdrop if self.training else 0.0,
-            is_causal=attention_mask is None and seq_len > 1,
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        if position_embeddings is not None:
+            query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
+        if cache is not None:
+            if _update_takes_kwargs(type(cache)):
+                key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
+            else:  # transformers 4.x
+                key, value = cache.update(key, value, self.layer_idx)
+        out, weights = _attention_function(self.config._attn_implementation)(
+            self, query, key, value, attention_mask,
+            dropout=self.attn_pdrop if self.training else 0.0, scaling=self.scaling, **kwargs,
         )
-        out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
-        return self.resid_dropout(self.c_proj(out))
+        out = out.reshape(bsz, seq_len, -1)
+        return self.resid_dropout(self.c_proj(out)), weights
 
 
 class VictorianGPTMLP(nn.Module):
-    """Position-wise feed-forward: widen 4x, GELU, project back."""
+    """Position-wise feed-forward: widen, nonlinearity (GELU, ReLU² or a SiLU gate), project back."""
 
     def __init__(self, config: VictorianGPTConfig):
         super().__init__()
-        inner = config.n_inner or 4 * config.n_embd
-        self.c_fc = Conv1D(inner, config.n_embd)
-        self.c_proj = Conv1D(config.n_embd, inner)
+        inner = config.mlp_hidden_size
+        self.activation = config.activation_function
+        gated = self.activation == "swiglu"  # c_fc makes gate and value together
+        self.c_fc = _projection(config, config.n_embd, 2 * inner if gated else inner, config.mlp_bias)
+        self.c_proj = _projection(config, inner, config.n_embd, config.mlp_bias)
         self.c_proj.is_residual_projection = True
-        self.approximate = "tanh" if config.activation_function == "gelu_new" else "none"
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(hidden_states), approximate=self.approximate)))
+        h = self.c_fc(hidden_states)
+        if self.activation == "relu2":  # sparse and cheap; beat GELU in the NanoGPT speedrun
+            h = F.relu(h).square()
+        elif self.activation == "swiglu":
+            gate, h = h.chunk(2, dim=-1)
+            h = F.silu(gate) * h
+        else:
+            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_new" else "none")
+        return self.dropout(self.c_proj(h))
 
 
 class VictorianGPTBlock(GradientCheckpointingLayer):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: VictorianGPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_1 = _norm(config, config.n_embd)
         self.attn = VictorianGPTAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_2 = _norm(config, config.n_embd)
         self.mlp = VictorianGPTMLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), attention_mask, past_key_values)
-        return hidden_states + self.mlp(self.ln_2(hidden_states))
+    def forward(self, hidden_states, attention_mask=None, cache=None, position_embeddings=None, **kwargs):
+        attn_out, weights = self.attn(self.ln_1(hidden_states), attention_mask, cache, position_embeddings, **kwargs)
+        hidden_states = hidden_states + attn_out
+        return hidden_states + self.mlp(self.ln_2(hidden_states)), weights
 
 
 class VictorianGPTPreTrainedModel(PreTrainedModel):
@@ -111,6 +218,10 @@ class VictorianGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VictorianGPTBlock"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True  # transformers 4.x's name
+    _supports_flex_attn = True
+    _supports_attention_backend = True  # any implementation registered in ALL_ATTENTION_FUNCTIONS, paged ones too
     _supports_cache_class = True  # transformers 4.x
     _supports_static_cache = False
     _can_compile_fullgraph = False
@@ -119,14 +230,19 @@ class VictorianGPTPreTrainedModel(PreTrainedModel):
         """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer).
 
         Two residual branches per block add up over depth; shrinking their output projections keeps the residual
-        stream's variance independent of depth (GPT-2 paper, section 2.3). The flag sits on the layer itself:
-        transformers skips parameter-less container modules when initialising remote code.
+        stream's variance independent of depth (GPT-2 paper, section 2.3). With `zero_init_residual` they start at
+        zero instead (every block starts as the identity), and an untied head starts at zero (the first predictions
+        are uniform, and the embeddings get their first gradients through the blocks, not the head). The flag sits on
+        the layer itself: transformers skips parameter-less container modules when initialising remote code.
         """
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, Conv1D)):
             if getattr(module, "is_residual_projection", False):
                 std = std / math.sqrt(2 * self.config.n_layer)
-            init.normal_(module.weight, mean=0.0, std=std)
+            zero = (getattr(module, "is_residual_projection", False) and self.config.zero_init_residual) or (
+                getattr(module, "is_output_head", False) and not self.config.tie_word_embeddings
+            )
+            (init.zeros_ if zero else functools.partial(init.normal_, mean=0.0, std=std))(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -134,39 +250,21 @@ class VictorianGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-
-
-def _attention_mask_for_sdpa(attention_mask, batch_size, query_len, past_len, device):
-    """Turn a 2-D padding mask into what `VictorianGPTAttention` expects, or None when SDPA can go maskless.
-
-    None is returned when no position is padded and either there is no past (plain causal) or a single new token
-    (it sees every key). Otherwise a boolean (B, 1, T, past+T) mask: causal, minus padded keys.
-    """
-    total_len = past_len + query_len
-    padded = attention_mask is not None and not bool(attention_mask[:, -total_len:].all())
-    if not padded and (past_len == 0 or query_len == 1):
-        return None
-    key_pos = torch.arange(total_len, device=device)
-    query_pos = torch.arange(past_len, total_len, device=device)
-    mask = (key_pos[None, :] <= query_pos[:, None])[None, None].expand(batch_size, 1, query_len, total_len)
-    if padded:
-        mask = mask & attention_mask[:, None, None, -total_len:].bool()
-        # A padded query row may see no key at all; let it see everything so SDPA returns numbers, not NaN.
-        # Its output is never used: real tokens cannot attend to padded keys.
-        mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return mask
+        elif isinstance(module, VictorianGPTRMSNorm):
+            init.ones_(module.weight)
 
 
 class VictorianGPTModel(VictorianGPTPreTrainedModel):
-    """The decoder stack: token + position embeddings, `n_layer` blocks, final LayerNorm."""
+    """The decoder stack: token (+ learned position) embeddings, `n_layer` blocks, final norm."""
 
     def __init__(self, config: VictorianGPTConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.rope = config.position_embedding_type == "rope"
+        self.wpe = None if self.rope else nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([VictorianGPTBlock(config, i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = _norm(config, config.n_embd)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -185,53 +283,70 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
         inputs_embeds=None,
         use_cache=None,
         output_hidden_states=None,
+        output_attentions=None,
         return_dict=None,
         past_key_values=None,
         **kwargs,
     ):
-        past_key_values = cache if cache is not None else past_key_values  # 4.x passes the old name
+        cache = cache if cache is not None else past_key_values  # transformers 4.x passes the old name
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        batch_size, seq_len = inputs_embeds.shape[:2]
+        seq_len = inputs_embeds.shape[1]
         device = inputs_embeds.device
 
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False  # recomputation would write the cache twice
-        if not use_cache:
-            past_key_values = None
-        elif past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        elif not isinstance(past_key_values, Cache):
+        if isinstance(cache, (tuple, list)):
             raise TypeError("`cache` must be a transformers `Cache` (e.g. DynamicCache), not a tuple")
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        # (a cache passed with use_cache=False is still used: continuous batching hands its paged cache in that way)
 
-        if past_len + seq_len > self.config.n_positions:
-            raise ValueError(
-                f"Sequence of {past_len + seq_len} tokens exceeds the model's context of {self.config.n_positions}"
-            )
-        if position_ids is None:
-            if attention_mask is not None:
+        past_len = 0
+        if position_ids is None:  # (continuous batching always passes positions: its cache has no single length)
+            past_len = cache.get_seq_length() if cache is not None else 0
+            if past_len + seq_len > self.config.n_positions:
+                raise ValueError(
+                    f"Sequence of {past_len + seq_len} tokens exceeds the model's context of {self.config.n_positions}"
+                )
+            if attention_mask is not None and attention_mask.dim() == 2:
                 # Left padding: count real tokens so every prompt starts at position 0.
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
             else:
-                position_ids = torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
-        mask = _attention_mask_for_sdpa(attention_mask, batch_size, seq_len, past_len, device)
+                positions = torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
+        else:
+            positions = position_ids
+        mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids, past_len)
 
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        if self.rope:
+            hidden_states = inputs_embeds
+            position_embeddings = rotary_embeddings(
+                positions, self.config.n_embd // self.config.n_head, self.config.rope_theta, inputs_embeds.dtype
+            )
+        else:
+            hidden_states = inputs_embeds + self.wpe(positions)
+            position_embeddings = None
+        hidden_states = self.drop(hidden_states)
         all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for block in self.h:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = block(hidden_states, mask, past_key_values)
+            hidden_states, weights = block(
+                hidden_states, attention_mask=mask, cache=cache, position_embeddings=position_embeddings, **kwargs
+            )
+            if output_attentions:
+                all_attentions += (weights,)
         hidden_states = self.ln_f(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
         output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: past_key_values}
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions,
+            **{CACHE_FIELD: cache},
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -242,7 +357,7 @@ GENERATION_DEFAULTS = dict(do_sample=True, temperature=1.3, top_k=50, top_p=0.95
 
 
 class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
-    """VictorianGPT with a language-modelling head tied to the input embeddings."""
+    """VictorianGPT with a language-modelling head (tied to the input embeddings unless the config unties it)."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
@@ -250,6 +365,7 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.transformer = VictorianGPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.is_output_head = True  # zero at init when untied, see _init_weights
         self._decode_head = None  # (key, weight.T contiguous): see `_logits`
         self.post_init()
         # from_pretrained replaces this with the folder's generation_config.json when there is one
@@ -282,17 +398,22 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
         labels=None,
         use_cache=None,
         output_hidden_states=None,
+        output_attentions=None,
         return_dict=None,
         logits_to_keep=0,
         past_key_values=None,
         **kwargs,
     ):
         r"""
+        cache (`Cache`): the KV cache (`past_key_values` on transformers 4.x; both names are accepted).
         labels (`torch.LongTensor` of shape `(batch, seq_len)`): targets aligned with `input_ids` (the shift happens
             inside); -100 is ignored. `num_items_in_batch` in kwargs turns the mean into sum / that count, which is what
             gradient accumulation over uneven micro-batches needs.
-        logits_to_keep: compute logits only for the last N positions (0 = all); `generate()` passes 1.
+        logits_to_keep: compute logits only for the last N positions (0 = all), or at the given indices (a tensor);
+            `generate()` passes 1.
+        Other keyword arguments (e.g. those of continuous batching's paged attention) reach the attention functions.
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -301,7 +422,9 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -312,25 +435,33 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
+            loss = self.causal_lm_loss(logits, labels, num_items_in_batch)
 
         output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict is not False else output.to_tuple()
 
     def _logits(self, hidden_states):
-        """The output projection. On CPU without autograd (generation) it multiplies by a cached (n_embd, vocab)
-        copy of the tied weight: MKL runs a single-row x @ W about twice as fast as x @ W.T, and this matmul is a
-        third of a 124M model's bytes per token. The copy (vocab x n_embd floats) is rebuilt whenever the weight is
-        modified, moved or cast, and never saved."""
+        """The output projection (then the optional soft cap). On CPU without autograd (generation) it multiplies by a
+        cached (n_embd, vocab) copy of the weight: MKL runs a single-row x @ W about twice as fast as x @ W.T, and this
+        matmul is a third of a 124M model's bytes per token. The copy (vocab x n_embd floats) is rebuilt whenever the
+        weight is modified, moved or cast, and never saved; quantized weights (tensor subclasses) take the plain path."""
         weight = self.lm_head.weight
-        if weight.device.type != "cpu" or (torch.is_grad_enabled() and weight.requires_grad):
-            return self.lm_head(hidden_states)
-        key = (weight.data_ptr(), weight.dtype, weight._version)
-        if self._decode_head is None or self._decode_head[0] != key:
-            self._decode_head = (key, weight.detach().t().contiguous())
-        return hidden_states @ self._decode_head[1]
+        if (
+            weight.device.type != "cpu"
+            or (torch.is_grad_enabled() and weight.requires_grad)
+            or type(weight.data) is not torch.Tensor
+        ):
+            logits = self.lm_head(hidden_states)
+        else:
+            key = (weight.data_ptr(), weight.dtype, weight._version)
+            if self._decode_head is None or self._decode_head[0] != key:
+                self._decode_head = (key, weight.detach().t().contiguous())
+            logits = hidden_states @ self._decode_head[1]
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     @staticmethod
     def causal_lm_loss(logits, labels, num_items_in_batch=None):
