@@ -9,9 +9,13 @@
   list, defaulting `return_full_text` to true as TGI does for text-generation models; `GET /info`, `GET /health`.
 - Parameters and their checks are TGI's; a bad one is HTTP 422 `{"error": ..., "error_type": "validation"}`. A prompt
   longer than `--max-input-tokens` is rejected unless the request sets `truncate`, which keeps its last tokens.
-- Each request runs its own `generate()` thread (spaces_app/textgen.py), so streams are served concurrently and never
-  share tokens or random state; a client that disconnects cancels its generation at the next token. Requests beyond
-  `--max-concurrent-requests` get 429 `overloaded`, like TGI.
+- Every request goes through one batching engine (`textgen.Engine`): the running sequences decode together, one
+  token each per step, new requests join between steps and finished ones leave, so concurrent streams share each read
+  of the weights instead of competing for the cores. Streams never share tokens or random state; a client that
+  disconnects removes its sequence at the next step. Beyond `--max-concurrent-requests` in flight a request gets 429
+  `overloaded`, like TGI; `/info` reports the batching limits under TGI's names. `--engine threads` serves each
+  request with its own `generate()` thread instead (the server before the engine, kept for comparison).
+- `--quantize int8` serves int8 weights on CPU (textgen.Int8Linear); `--dtype bfloat16` serves bf16.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import logging
 import sys
 
 import torch
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -76,19 +82,37 @@ def error_response(status: int, message: str, error_type: str) -> JSONResponse:
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
 
 
-class Overloaded(Exception):
-    pass
+Overloaded = textgen.Overloaded
+
+ENGINES = ("batch", "threads")
 
 
 class TGIServer:
-    """The model, its limits and the request bookkeeping behind the routes."""
+    """The model, its limits and the request bookkeeping behind the routes.
 
-    def __init__(self, model, tokenizer, *, model_id: str, limits: textgen.Limits, max_concurrent_requests: int = 128):
+    `engine="batch"` (the default) runs every request through one `textgen.Engine`, configured by `engine_options`
+    (`max_batch_size`, `max_batch_total_tokens`, `max_batch_prefill_tokens`, `waiting_served_ratio`,
+    `max_waiting_tokens`); `engine="threads"` gives each request its own `generate()` thread.
+    """
+
+    def __init__(self, model, tokenizer, *, model_id: str, limits: textgen.Limits, max_concurrent_requests: int = 128,
+                 engine: str = "batch", engine_options: dict | None = None):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.tokenizer, self.model_id, self.limits = model, tokenizer, model_id, limits
         self.max_concurrent_requests = max_concurrent_requests
-        self.live: set[textgen.Generation] = set()  # generations started and not yet finished
+        self.live: set[textgen.Generation] = set()  # thread engine: generations started and not yet finished
+        self.engine = None
+        if engine == "batch":
+            self.engine = textgen.Engine(model, tokenizer, limits=limits,
+                                         max_concurrent_requests=max_concurrent_requests, **(engine_options or {}))
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
 
     def info(self) -> dict:
+        batching = self.engine.info() if self.engine is not None else {}
         return {
             "model_id": self.model_id,
             "model_sha": None,
@@ -103,6 +127,8 @@ class TGIServer:
             "max_total_tokens": self.limits.max_total_tokens,
             "max_client_batch_size": 1,
             "validation_workers": 1,
+            **batching,
+            "quantize": getattr(self.model, "quantization", None),
             "router": "victorian-gpt",
             "version": VERSION,
             "sha": None,
@@ -141,6 +167,10 @@ class TGIServer:
             stop=p.stop,
             truncate=p.truncate,
         )
+        if self.engine is not None:
+            generation = self.engine.submit(input_ids, params, asynchronous=asynchronous)  # Overloaded: 429
+            generation.input_length = len(input_ids)
+            return generation
         # Counted by the threads themselves, so a response that never started streaming cannot leak a slot.
         self.live = {g for g in self.live if not g.done.is_set()}
         if len(self.live) >= self.max_concurrent_requests:
@@ -239,11 +269,17 @@ def _sse(payload: dict) -> str:
 
 
 def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None = None,
-               max_concurrent_requests: int = 128) -> FastAPI:
-    """The FastAPI application serving `model` with TGI's routes."""
+               max_concurrent_requests: int = 128, engine: str = "batch", engine_options: dict | None = None) -> FastAPI:
+    """The FastAPI application serving `model` with TGI's routes (see `TGIServer` for `engine` and its options)."""
     server = TGIServer(model, tokenizer, model_id=model_id, limits=limits or textgen.Limits.for_model(model, tokenizer),
-                       max_concurrent_requests=max_concurrent_requests)
-    app = FastAPI(title="VictorianGPT — Text Generation Inference API", version=VERSION)
+                       max_concurrent_requests=max_concurrent_requests, engine=engine, engine_options=engine_options)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        server.close()  # in flight requests end with an error event; the engine thread stops
+
+    app = FastAPI(title="VictorianGPT — Text Generation Inference API", version=VERSION, lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(RequestValidationError)
@@ -305,9 +341,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-total-tokens", type=int, default=None,
                         help="prompt + generated tokens per request (default: the model's context length)")
     parser.add_argument("--max-concurrent-requests", type=int, default=128,
-                        help="requests served at once; more get HTTP 429 (default: %(default)s)")
+                        help="requests in flight (queued or running); more get HTTP 429 (default: %(default)s)")
+    batching = parser.add_argument_group("batching (TGI's launcher flags)")
+    batching.add_argument("--max-batch-size", type=int, default=32,
+                          help="sequences decoded together at most (default: %(default)s)")
+    batching.add_argument("--max-batch-total-tokens", type=int, default=None,
+                          help="tokens of the running batch, each sequence counted at prompt + max_new_tokens "
+                               "(default: 16384, or max-total-tokens if larger)")
+    batching.add_argument("--max-batch-prefill-tokens", type=int, default=256,
+                          help="prompt tokens prefilled per step, so running streams stall for one chunk at most "
+                               "(default: %(default)s)")
+    batching.add_argument("--waiting-served-ratio", type=float, default=0.3,
+                          help="admit waiting requests once they are at least this fraction of the running ones "
+                               "(default: %(default)s)")
+    batching.add_argument("--max-waiting-tokens", type=int, default=20,
+                          help="...or once this many decode steps went by without admitting (default: %(default)s)")
+    batching.add_argument("--engine", choices=ENGINES, default="batch",
+                          help="batch: one batching engine for all requests; threads: a generate() thread per request "
+                               "(the former server, for comparison) (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, help="torch dtype to load the weights in, e.g. bfloat16")
+    parser.add_argument("--quantize", choices=textgen.QUANTIZE_CHOICES, default=None,
+                        help="int8: int8 weights and per-token int8 activations, the CPU path")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
@@ -319,13 +374,21 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
+        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
+                                              quantize=args.quantize)
         limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2
-    app = create_app(model, tokenizer, model_id=args.model, limits=limits,
-                     max_concurrent_requests=args.max_concurrent_requests)
+    engine_options = dict(max_batch_size=args.max_batch_size, max_batch_total_tokens=args.max_batch_total_tokens,
+                          max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+                          waiting_served_ratio=args.waiting_served_ratio, max_waiting_tokens=args.max_waiting_tokens)
+    try:
+        app = create_app(model, tokenizer, model_id=args.model, limits=limits, engine=args.engine,
+                         max_concurrent_requests=args.max_concurrent_requests, engine_options=engine_options)
+    except ValueError as error:
+        print(f"victorian-gpt serve: {error}", file=sys.stderr)
+        return 2
     logger.info("serving %s on http://%s:%d (%s)", args.model, args.host, args.port, limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
