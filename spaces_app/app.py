@@ -7,13 +7,23 @@ Locally the model is loaded through the Auto classes with `trust_remote_code=Tru
 in a background thread, streamed token by token (spaces_app/textgen.py). The Stop button, a closed tab or an error
 ends the Gradio generator, which cancels the generation at its next token. Environment: MODEL_ID, TGI_URL,
 CONCURRENCY_LIMIT (requests computed at once, default 2), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+
+Seed: an empty box (or no seed / None through the API) draws a fresh random seed for each press; a number gives the
+same text every time with the same settings. History: each finished or stopped generation of the visitor's session
+(prompt, settings, the seed actually used, text) is kept in a `gr.State` and shown in a panel, with JSON Lines and
+Markdown downloads built as `data:` URLs in the page. No file is written on the server: the history lives only in
+the session's state, which Gradio drops after the visitor closes the page.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
 import os
+import random
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -40,8 +50,12 @@ DESCRIPTION = (
     "A small GPT trained from scratch on Victorian books from "
     "[PG19](https://huggingface.co/datasets/emozilla/pg19). Write an opening (or pick one below) and press "
     "**Generate**; the continuation appears as it is written. **Stop** halts it. Top-k 1 gives greedy decoding; "
-    "the same seed and settings give the same text."
+    "an empty Seed draws a new one each time, and the same seed and settings give the same text. Your generations "
+    "of this visit are listed under **History**, with the seed each one used, ready to download."
 )
+
+SEED_LIMIT = 2**64  # seeds are unsigned 64-bit integers, as in Text Generation Inference
+_fresh_seeds = random.SystemRandom()  # OS entropy: no other code's random.seed() can make two presses repeat
 
 
 class LocalBackend:
@@ -107,29 +121,131 @@ class TGIBackend:
             client.close()  # drops the HTTP stream: the endpoint stops generating
 
 
+def parse_seed(seed) -> int | None:
+    """The Seed box (a string) or the API's value: empty or None means "draw a fresh one"; else a whole number."""
+    if seed is None or (isinstance(seed, str) and not seed.strip()):
+        return None
+    value = None
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        value = seed
+    elif isinstance(seed, float) and seed.is_integer():
+        value = int(seed)
+    elif isinstance(seed, str):
+        try:
+            value = int(seed.strip())
+        except ValueError:
+            pass
+    if value is None or not 0 <= value < SEED_LIMIT:
+        raise gr.Error(f"Seed must be a whole number from 0 to {SEED_LIMIT - 1}, or empty for a new random seed.")
+    return value
+
+
 def make_generate(backend):
-    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-        """Continue `prompt`, yielding the text as it grows."""
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None):
+        """Continue `prompt`, yielding (the text so far, this generation's record for the history)."""
         if not prompt or not prompt.strip():
             raise gr.Error("Write an opening first (or pick an example).")
+        do_sample = backend.defaults["do_sample"]
+        seed = parse_seed(seed)
+        if do_sample and seed is None:
+            seed = _fresh_seeds.randrange(2**32)  # short enough to type back into the box
         controls = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=backend.defaults["do_sample"],
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=None if seed is None or seed == "" else int(seed),
+            max_new_tokens=int(max_new_tokens),
+            do_sample=do_sample,
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            repetition_penalty=float(repetition_penalty),
+            seed=seed if do_sample else None,  # greedy decoding draws nothing
         )
+        record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=backend.source, prompt=prompt,
+                      **controls, generated_text="", stopped=True)
+        # The record goes out with the text; the event that follows (after the end or Stop) adds it to the history.
+        # The text is held back by one update so that the last update can carry `stopped=False`.
+        yield "", record
+        text = None
         try:
-            yield from backend.stream(prompt, controls)
+            for text_so_far in backend.stream(prompt, controls):
+                if text is not None:
+                    yield text, dict(record, generated_text=text)
+                text = text_so_far
         except textgen.ValidationError as error:
             raise gr.Error(str(error)) from error
         except Exception as error:  # anything inside generate(), or the endpoint's own validation errors
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed: {error}") from error
+        yield text or "", dict(record, generated_text=text or "", stopped=False)
 
     return generate
+
+
+# ---- history: the visitor's generations of this session, kept in gr.State and downloadable without server files
+
+
+def add_to_history(run, history):
+    """After a generation ends or is stopped: its record joins the history (once)."""
+    history = list(history or [])
+    if run is not None:
+        history.append(run)
+    return None, history, history_html(history), downloads_html(history)
+
+
+def clear_history():
+    return [], history_html([]), downloads_html([])
+
+
+def settings_line(entry: dict) -> str:
+    if not entry["do_sample"]:
+        sampling = "greedy"
+    else:
+        sampling = " · ".join([f"seed {entry['seed']}", f"temperature {entry['temperature']:g}",
+                               f"top-k {entry['top_k']}", f"top-p {entry['top_p']:g}"])
+    line = f"{sampling} · repetition penalty {entry['repetition_penalty']:g} · max new tokens {entry['max_new_tokens']}"
+    return line + (" · stopped" if entry["stopped"] else "")
+
+
+def history_html(history: list[dict]) -> str:
+    if not history:
+        return "<p class='vg-empty'>No generations yet. Each one appears here, newest first, with its settings and " \
+               "seed; the list lasts as long as this page is open.</p>"
+    items = []
+    for number, entry in reversed(list(enumerate(history, 1))):
+        items.append(
+            f"<div class='vg-entry' data-seed='{entry['seed'] if entry['seed'] is not None else ''}'>"
+            f"<div class='vg-meta'><b>#{number}</b> · {html.escape(settings_line(entry))}</div>"
+            f"<div class='vg-text' style='white-space: pre-wrap'><b>{html.escape(entry['prompt'])}</b>"
+            f"{html.escape(entry['generated_text'])}</div></div>"
+        )
+    return "<div class='vg-history'>" + "".join(items) + "</div>"
+
+
+def history_jsonl(history: list[dict]) -> str:
+    return "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in history)
+
+
+def history_markdown(history: list[dict]) -> str:
+    lines = ["# VictorianGPT: generations", ""]
+    for number, entry in enumerate(history, 1):
+        quoted = "\n".join("> " + line if line else ">" for line in entry["prompt"].splitlines())
+        lines += [f"## {number}", "", f"*{settings_line(entry)} · model `{entry['model']}` · {entry['time']}*", "",
+                  quoted, "", entry["generated_text"], ""]
+    return "\n".join(lines)
+
+
+def _data_url(text: str, mime: str) -> str:
+    return f"data:{mime};charset=utf-8;base64," + base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def downloads_html(history: list[dict]) -> str:
+    """Download links whose content is in the link itself (data: URLs): the browser saves it, the server keeps none."""
+    if not history:
+        return "<p class='vg-empty'>Downloads appear after the first generation.</p>"
+    links = [("history-jsonl", "victorian-gpt-history.jsonl", history_jsonl(history), "application/x-ndjson",
+              "JSON Lines"),
+             ("history-md", "victorian-gpt-history.md", history_markdown(history), "text/markdown", "Markdown")]
+    return "<div class='vg-downloads'>Download this history: " + " · ".join(
+        f"<a id='{elem}' download='{name}' href='{_data_url(text, mime)}'>{label}</a>"
+        for elem, name, text, mime, label in links) + "</div>"
 
 
 def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Blocks:
@@ -160,15 +276,29 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
                 top_p = gr.Slider(0.0, 1.0, value=d["top_p"], step=0.01, label="Top-p", info="1 = off")
                 repetition_penalty = gr.Slider(1.0, 2.0, value=d["repetition_penalty"], step=0.05,
                                                label="Repetition penalty")
-                seed = gr.Number(value=None, precision=0, label="Seed", info="empty = a new random seed each time")
+                # a Textbox, not a Number: gr.Number shows and sends 0 when empty, which would fix every seed
+                seed = gr.Textbox(value="", label="Seed", placeholder="random", max_lines=1, elem_id="seed",
+                                  info="empty = a new random seed each time; a number gives the same text every time")
                 gr.Markdown(f"<small>Model: `{backend.source}`</small>")
         gr.Examples(EXAMPLES, inputs=prompt)
+        with gr.Accordion("History", open=True):
+            history_panel = gr.HTML(history_html([]), elem_id="history", max_height=480)
+            with gr.Row():
+                downloads = gr.HTML(downloads_html([]), elem_id="history-downloads")
+                clear_button = gr.Button("Clear history", size="sm", elem_id="clear-history", scale=0)
+        history = gr.State([])  # this session's records; Gradio deletes it some time after the page is closed
+        run = gr.State(None)  # the record of the generation in progress
 
         inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed]
-        event = generate_button.click(make_generate(backend), inputs, output, api_name="generate",
+        event = generate_button.click(make_generate(backend), inputs, [output, run], api_name="generate",
                                       concurrency_limit=CONCURRENCY_LIMIT)
+        # runs after the generation finishes or is stopped (not after an error)
+        event.then(add_to_history, [run, history], [run, history, history_panel, downloads], queue=False,
+                   api_visibility="private")
         # Cancelling the event closes the generator, whose cleanup cancels the generation thread.
         stop_button.click(None, cancels=[event], api_visibility="private")
+        clear_button.click(clear_history, None, [history, history_panel, downloads], queue=False,
+                           api_visibility="private")
 
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     return demo

@@ -7,6 +7,7 @@ that Stop, a cancelled job or a closed tab really stopped the computation.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -83,9 +84,14 @@ def test_gradio_client_streams_what_generate_gives(space, small_export):
     assert all(len(a) < len(b) and b.startswith(a) for a, b in zip(updates, updates[1:]))  # it grows
     assert updates[-1] == greedy_reference(small_export, PROMPT, 60, 1.2)
 
-    # the same seed and settings give the same text when sampling, too
-    sampled = [client.predict(PROMPT, 30, 1.3, 50, 0.95, 1.2, 1234, api_name="/generate") for _ in range(2)]
+    # the same seed and settings give the same text when sampling, too (a number, or a number in a string)
+    sampled = [client.predict(PROMPT, 30, 1.3, 50, 0.95, 1.2, seed, api_name="/generate") for seed in (1234, "1234")]
     assert sampled[0] == sampled[1]
+    # no seed, None or "" draws a fresh one each time
+    fresh = [client.predict(PROMPT, 30, 1.3, 50, 0.95, 1.2, api_name="/generate"),
+             client.predict(PROMPT, 30, 1.3, 50, 0.95, 1.2, None, api_name="/generate"),
+             client.predict(PROMPT, 30, 1.3, 50, 0.95, 1.2, "", api_name="/generate")]
+    assert len({*fresh, sampled[0]}) == 4, fresh
 
 
 def test_gradio_client_shows_validation_errors(space):
@@ -97,6 +103,8 @@ def test_gradio_client_shows_validation_errors(space):
         Client(url, verbose=False).predict(PROMPT, 20, 1.0, 0, 0.0, 1.2, 0, api_name="/generate")
     with pytest.raises(AppError, match="Write an opening first"):
         Client(url, verbose=False).predict("   ", 20, 1.0, 0, 0.5, 1.2, 0, api_name="/generate")
+    with pytest.raises(AppError, match="Seed must be a whole number from 0 to 18446744073709551615, or empty"):
+        Client(url, verbose=False).predict(PROMPT, 20, 1.0, 0, 0.5, 1.2, "forty-two", api_name="/generate")
 
 
 def test_cancelled_job_stops_generation(space):
@@ -114,7 +122,7 @@ def test_cancelled_job_stops_generation(space):
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -124,15 +132,36 @@ def browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1280,1600"):
         options.add_argument(argument)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(60)
+    driver.downloads = downloads
     try:
         yield driver
     finally:
         driver.quit()
 
 
-def test_browser_generate_stop_and_close_tab(space, browser):
+def downloaded(folder: Path, name: str, timeout: float = 30.0) -> str:
+    """The text of a file the browser saved into `folder`, once its download has finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = folder / name
+        if path.is_file() and not list(folder.glob("*.crdownload")):
+            return path.read_text(encoding="utf-8")
+        time.sleep(0.1)
+    pytest.fail(f"{name} was not downloaded; {folder} holds {sorted(p.name for p in folder.iterdir())}")
+
+
+def as_shown(text: str) -> str:
+    """A textarea reports line breaks as \\n whatever the text had (the random model writes any byte)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def test_browser_seed_history_stop_and_close_tab(space, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -141,26 +170,71 @@ def test_browser_generate_stop_and_close_tab(space, browser):
     browser.get(url)
     prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
     prompt.send_keys(PROMPT)
+    output = browser.find_element(By.CSS_SELECTOR, "#output textarea")
+
+    # a fresh page's Seed box is empty (the Number component it replaced showed 0 and sent 0)
+    seed_box = browser.find_element(By.CSS_SELECTOR, "#seed input")
+    assert seed_box.get_attribute("value") == "" and seed_box.get_attribute("placeholder") == "random"
+
+    def history_entries():
+        return browser.find_elements(By.CSS_SELECTOR, "#history .vg-entry")  # newest first
+
+    def generate_and_wait() -> str:
+        """Press Generate with what the page holds; the text once the generation has joined the history."""
+        count = len(history_entries())
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda d: len(history_entries()) == count + 1)
+        return output.get_attribute("value")
+
+    # defaults (sampling on, 100 new tokens): an empty seed is a fresh random seed per press
+    first, second = generate_and_wait(), generate_and_wait()
+    assert first and second and first != second
+    # a typed seed gives the same text every time
+    seed_box.send_keys("1234")
+    third, fourth = generate_and_wait(), generate_and_wait()
+    assert third == fourth and third not in (first, second)
+
+    # the History panel lists them, newest first, with the seed each one used
+    entries = history_entries()[::-1]
+    seeds = [entry.get_attribute("data-seed") for entry in entries]
+    assert seeds[0] != seeds[1] and all(s.isdigit() for s in seeds) and seeds[2:] == ["1234", "1234"]
+    assert all(PROMPT in entry.text and "temperature 1.3 · top-k 50 · top-p 0.95" in entry.text for entry in entries)
+
+    # ... and offers them as downloads, built in the page: what the browser saves is what was shown
+    browser.find_element(By.CSS_SELECTOR, "#history-jsonl").click()
+    browser.find_element(By.CSS_SELECTOR, "#history-md").click()
+    rows = [json.loads(line) for line in downloaded(browser.downloads, "victorian-gpt-history.jsonl").splitlines()]
+    assert [as_shown(row["generated_text"]) for row in rows] == [first, second, third, fourth]
+    assert [str(row["seed"]) for row in rows] == seeds
+    assert all(row["prompt"] == PROMPT and row["stopped"] is False and row["do_sample"] is True for row in rows)
+    assert {(row["max_new_tokens"], row["temperature"], row["top_k"], row["top_p"], row["repetition_penalty"])
+            for row in rows} == {(100, 1.3, 50, 0.95, 1.2)}
+    markdown = downloaded(browser.downloads, "victorian-gpt-history.md")
+    assert markdown.startswith("# VictorianGPT: generations") and "## 4" in markdown
+    assert markdown.count(f"> {PROMPT}") == 4 and markdown.count("seed 1234 · temperature 1.3") == 2
+
+    # Stop: a long generation ends part-way, and what was written joins the history marked "stopped"
     length = browser.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=number]")
     length.clear()
     length.send_keys("900\n")  # long enough that only Stop can end it
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=range]")
                .get_attribute("value") == "900")
-    output = browser.find_element(By.CSS_SELECTOR, "#output textarea")
-
     seen = len(records(log))
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    wait.until(lambda d: len(output.get_attribute("value")) > 0)  # text appears while it is being written
+    wait.until(lambda d: output.get_attribute("value") not in ("", fourth))  # text appears as it is written
     browser.find_element(By.CSS_SELECTOR, "#stop").click()
     record = wait_for_new_record(log, seen)
     assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
+    wait.until(lambda d: len(history_entries()) == 5)
     stopped = output.get_attribute("value")
     time.sleep(1.0)
     assert output.get_attribute("value") == stopped  # nothing more arrives
+    newest = history_entries()[0]
+    assert "max new tokens 900 · stopped" in newest.text and newest.get_attribute("data-seed") == "1234"
 
     # a closed tab stops its generation too
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    wait.until(lambda d: output.get_attribute("value") != stopped)
+    wait.until(lambda d: output.get_attribute("value") not in ("", stopped))
     browser.quit()
     record = wait_for_new_record(log, seen + 1)
     assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
@@ -280,3 +354,24 @@ def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
     result = run_isolated(code, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "('app', 'textgen') True" in result.stdout
+
+
+def test_history_panel_and_downloads_keep_the_text_exactly():
+    """The panel escapes what it shows; the JSON Lines download round-trips; the Markdown quotes the opening."""
+    import base64
+
+    from spaces_app.app import add_to_history, history_markdown
+
+    entry = dict(time="2026-01-01T00:00:00Z", model="m", prompt="<script>alert(1)</script>\nLine two & 'quotes'",
+                 max_new_tokens=5, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.2,
+                 seed=None, generated_text=" and\r\nthen <i>", stopped=True)
+    run, history, panel, downloads = add_to_history(entry, [])
+    assert run is None and history == [entry]
+    assert "<script>" not in panel and "&lt;script&gt;alert(1)&lt;/script&gt;" in panel and "&lt;i&gt;" in panel
+    assert "greedy · repetition penalty 1.2 · max new tokens 5 · stopped" in panel
+    links = dict(re.findall(r"id='([^']+)' download='[^']+' href='data:[^;]+;charset=utf-8;base64,([^']+)'",
+                            downloads))
+    assert [json.loads(line) for line in base64.b64decode(links["history-jsonl"]).decode().splitlines()] == [entry]
+    assert base64.b64decode(links["history-md"]).decode() == history_markdown([entry])
+    assert "> <script>alert(1)</script>\n> Line two & 'quotes'\n\n and\r\nthen <i>" in history_markdown([entry])
+    assert add_to_history(None, history)[1] == [entry]  # a second call for the same run adds nothing
