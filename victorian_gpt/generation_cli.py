@@ -5,7 +5,10 @@
     victorian-gpt generate MODEL --interactive
 
 Sampling defaults are the model's own (`generation_config.json`); the flags override them. Generation itself is the
-serving code's (spaces_app/textgen.py), so the CLI, the Space and the TGI server validate and sample identically.
+serving code's (spaces_app/textgen.py), so the CLI, the Space and the TGI server validate and sample identically:
+`--prompt` and `--interactive` run `generate()` for their one request; `--prompts-file` puts all its prompts through
+the batching engine (`textgen.Engine`), which decodes up to `--batch-size` of them together. `--quantize int8` loads
+int8 weights (the CPU path), `--dtype bfloat16` bf16 ones.
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (--prompt)")
     parser.add_argument("--output", help="with --prompts-file: write the JSON Lines here instead of stdout")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="with --prompts-file: prompts decoded together at most (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="torch dtype to load the weights in, e.g. bfloat16")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="int8: int8 weights and per-token int8 activations, the CPU path")
     return parser
 
 
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from spaces_app import textgen
 
     try:
-        model, tokenizer = textgen.load_model(args.model, device=args.device)
+        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2
@@ -64,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     settings.update(seed=args.seed, do_sample=settings["do_sample"] and not args.greedy)
 
-    session = Session(textgen, model, tokenizer, limits, settings)
+    if args.batch_size < 1:
+        print("victorian-gpt generate: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    session = Session(textgen, model, tokenizer, limits, settings, batch_size=args.batch_size)
     try:
         if args.interactive:
             return session.interactive()
@@ -74,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     except textgen.ValidationError as error:
         print(f"victorian-gpt generate: {error}", file=sys.stderr)
         return 2
+    except textgen.GenerationError as error:
+        print(f"victorian-gpt generate: generation failed: {error}", file=sys.stderr)
+        return 1
 
 
 class Session:
     """The loaded model plus the current settings (which the interactive loop changes in place)."""
 
-    def __init__(self, textgen, model, tokenizer, limits, settings: dict):
+    def __init__(self, textgen, model, tokenizer, limits, settings: dict, batch_size: int = 32):
         self.textgen, self.model, self.tokenizer, self.limits, self.settings = textgen, model, tokenizer, limits, settings
+        self.batch_size = batch_size
 
     def prepare(self, prompt: str, settings: dict | None = None):
         """(input_ids, params) for `prompt` under `settings` (default: the current ones); raises ValidationError."""
@@ -119,21 +134,35 @@ class Session:
         from tqdm.auto import tqdm
 
         out = open(output, "w", encoding="utf-8") if output else sys.stdout
+        # All prompts go to one engine, which decodes up to `batch_size` of them together; records are written in
+        # the file's order as each completes.
+        engine = self.textgen.Engine(self.model, self.tokenizer, limits=self.limits, max_batch_size=self.batch_size,
+                                     max_concurrent_requests=max(1, len(prompts)), timeout=None)
+        generations = []
         try:
-            for prompt in tqdm(prompts, desc="generating", unit="prompt", disable=None, file=sys.stderr):
-                with self.start(prompt) as generation:
+            for prompt in prompts:
+                generations.append(engine.submit(*self.prepare(prompt)))
+            tokens = 0
+            with tqdm(total=len(prompts), desc="generating", unit="prompt", disable=None, file=sys.stderr) as bar:
+                for prompt, generation in zip(prompts, generations):
                     for _ in generation:
                         pass
-                record = {
-                    "prompt": prompt,
-                    "generated_text": generation.generated_text,
-                    "generated_tokens": generation.generated_tokens,
-                    "finish_reason": generation.finish_reason,
-                    "seed": generation.params.seed,
-                }
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
+                    tokens += generation.generated_tokens
+                    bar.set_postfix(tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):,.1f}")
+                    bar.update(1)
+                    record = {
+                        "prompt": prompt,
+                        "generated_text": generation.generated_text,
+                        "generated_tokens": generation.generated_tokens,
+                        "finish_reason": generation.finish_reason,
+                        "seed": generation.params.seed,
+                    }
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
         finally:
+            for generation in generations:
+                generation.cancel()
+            engine.close()
             if output:
                 out.close()
         return 0
