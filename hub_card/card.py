@@ -35,8 +35,9 @@ REQUIRED_FILES = (
 )
 WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PAPER_URL = "https://arxiv.org/abs/1911.05507"
-# Model-index metrics: perplexity and bits per byte, as the issue asks (loss appears in the card's table).
-MODEL_INDEX_METRICS = {"perplexity": "Perplexity", "bits_per_byte": "Bits per byte"}
+# Model-index metrics: token perplexity, bits per byte and PG19's word-level perplexity (loss is in the card's table).
+MODEL_INDEX_METRICS = {"perplexity": "Perplexity", "bits_per_byte": "Bits per byte",
+                       "word_perplexity": "Word-level perplexity"}
 # Generation settings worth showing (the rest of generation_config.json is token ids and versions).
 GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "max_length")
 
@@ -111,6 +112,30 @@ def _fmt(value, spec: str = "{}") -> str:
     return "—" if value is None else spec.format(value)
 
 
+def _optimizer_row(s: dict) -> str:
+    if s.get("optimizer") == "muon":
+        return (f"Muon (hidden matrices, lr {_fmt(s.get('muon_learning_rate'), '{:g}')}) + AdamW (embeddings, head, "
+                "norms, biases)")
+    return "AdamW"
+
+
+def _weights_rows(s: dict) -> list[tuple[str, str]]:
+    """Which step's weights the repository holds, and whether early stopping ended the run."""
+    rows = []
+    exported, best = s.get("exported_step"), s.get("best_model") or {}
+    if exported is not None:
+        why = "the last step"
+        if best.get("load_best_model_at_end") and best.get("step") == exported:
+            why = f"the best validation `{best.get('metric')}` ({best['value']:.4f}), `load_best_model_at_end`"
+        rows.append(("Weights published", f"step {exported:,} ({why})"))
+    stopping = s.get("early_stopping") or {}
+    if stopping.get("stopped_early"):
+        rows.append(("Early stopping", f"stopped at step {stopping['stopped_at_step']:,}: no improvement of "
+                                       f"`{best.get('metric')}` by more than {stopping.get('threshold'):g} in "
+                                       f"{stopping.get('patience')} evaluations"))
+    return rows
+
+
 def build_card(
     export_dir: str | os.PathLike,
     repo_id: str | None = None,
@@ -164,8 +189,10 @@ def build_card(
                 loss=_fmt(metrics.get("loss"), "{:.4f}"),
                 perplexity=_fmt(metrics.get("perplexity"), "{:.2f}"),
                 bits_per_byte=_fmt(metrics.get("bits_per_byte"), "{:.4f}"),
+                word_perplexity=_fmt(metrics.get("word_perplexity"), "{:.2f}"),
                 tokens=_fmt(metrics.get("tokens"), "{:,}"),
                 bytes=_fmt(metrics.get("bytes"), "{:,}"),
+                words=_fmt(metrics.get("words"), "{:,}"),
             )
         )
 
@@ -189,13 +216,17 @@ def build_card(
         ("`gradient_accumulation_steps`", _fmt(s.get("gradient_accumulation_steps"))),
         ("Processes", _fmt(s.get("num_processes"))),
         ("Tokens seen", _fmt(s.get("tokens_seen"), "{:,}")),
+        *([("Optimizer", _optimizer_row(s))] if s.get("optimizer") else []),
         ("Learning rate", _fmt(s.get("learning_rate"), "{:g}")),
-        ("Schedule", f"{_fmt(s.get('lr_schedule'))}, {_fmt(s.get('warmup_steps'))} warm-up steps"),
+        ("Schedule", f"{_fmt(s.get('lr_schedule'))}, {_fmt(s.get('warmup_steps'))} warm-up steps"
+                     + (f", {s['max_train_minutes']:g}-minute training-time budget" if s.get("max_train_minutes")
+                        else "")),
         ("Weight decay", _fmt(s.get("weight_decay"), "{:g}")),
         ("Gradient clipping (`max_grad_norm`)", _fmt(s.get("max_grad_norm"), "{:g}")),
         ("`mixed_precision`", _fmt(s.get("mixed_precision"), "`{}`")),
         ("Hardware", _fmt(s.get("hardware"))),
         ("Wall time", _duration(s.get("wall_time_s"))),
+        *_weights_rows(s),
     ]
     loss_curve = s.get("loss_curve")
     if loss_curve and not (export_dir / loss_curve).is_file():

@@ -40,8 +40,8 @@ def test_card_command_writes_a_valid_card_with_the_measured_figures(hub_export, 
     }
     assert {r.dataset_type for r in data.eval_results} == {"emozilla/pg19"}
     assert {r.task_type for r in data.eval_results} == {"text-generation"}
-    assert "| validation | 5.4321 | 228.69 | 2.1234 | 12,345 | 54,321 |" in text
-    assert "| test | 5.5012 | 245.03 | 2.2046 | 23,456 | 98,765 |" in text
+    assert "| validation | 5.4321 | 228.69 | 2.1234 | — | 12,345 | 54,321 | — |" in text  # no word count measured
+    assert "| test | 5.5012 | 245.03 | 2.2046 | — | 23,456 | 98,765 | — |" in text
 
     # Training facts come from training_summary.json.
     summary = json.loads((hub_export / "training_summary.json").read_text())
@@ -80,6 +80,32 @@ def test_card_reads_architecture_and_generation_defaults_from_the_export(hub_exp
     assert f"with {n / 1e3:.1f}K parameters" in text
     # No --repo-id: the snippet names a placeholder repo built from the folder name, revision "main".
     assert 'repo_id = "your-username/tiny-victorian-gpt"' in text and 'revision = "main"' in text
+
+
+def test_word_level_perplexity_best_step_and_early_stopping_reach_the_card(hub_export):
+    evaluation = {split: dict(figures, word_perplexity=figures["perplexity"] * 3.5, words=figures["bytes"] // 5)
+                  for split, figures in HUB_EXPORT_EVAL.items()}
+    complete_export_for_hub(hub_export, evaluation=evaluation)
+    summary = json.loads((hub_export / "training_summary.json").read_text())
+    summary.update(optimizer="muon", muon_learning_rate=0.02, lr_schedule="warmup_stable_decay", max_train_minutes=25,
+                   exported_step=30,
+                   best_model={"metric": "bits_per_byte", "value": 2.1234, "step": 30, "load_best_model_at_end": True},
+                   early_stopping={"patience": 2, "threshold": 0.01, "stopped_early": True, "stopped_at_step": 40})
+    (hub_export / "training_summary.json").write_text(json.dumps(summary))
+    card = build_card(hub_export, repo_id="victoria/tiny")
+    check_card(card)
+    results = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("test", "word_perplexity")] == pytest.approx(245.0317 * 3.5)
+    assert {r.metric_name for r in card.data.eval_results if r.metric_type == "word_perplexity"} == {
+        "Word-level perplexity"}
+    assert f"| test | 5.5012 | 245.03 | 2.2046 | {245.0317 * 3.5:.2f} | 23,456 | 98,765 | 19,753 |" in card.text
+    assert "a word is a\nwhitespace-separated run of characters" in card.text
+    assert ("| Weights published | step 30 (the best validation `bits_per_byte` (2.1234), `load_best_model_at_end`) |"
+            in card.text)
+    assert ("| Early stopping | stopped at step 40: no improvement of `bits_per_byte` by more than 0.01 in 2 "
+            "evaluations |" in card.text)
+    assert "| Optimizer | Muon (hidden matrices, lr 0.02) + AdamW (embeddings, head, norms, biases) |" in card.text
+    assert "| Schedule | warmup_stable_decay, 4 warm-up steps, 25-minute training-time budget |" in card.text
 
 
 def test_a_run_without_evaluation_gets_no_results(hub_export):

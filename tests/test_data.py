@@ -12,8 +12,10 @@ from transformers import AutoTokenizer
 from training.data import (
     PackedBlocks,
     PreparedBlocks,
+    load_data_state,
     pack_blocks,
     prepare,
+    save_data_state,
     shuffle_blocks,
     token_byte_lengths,
     token_stream,
@@ -88,14 +90,35 @@ def test_book_sharding_gives_each_rank_its_own_books(tmp_path, pg19_tiny, tokeni
     assert len(everything) - 2 <= len(streams[0]) + len(streams[1]) <= len(everything) + 2
 
 
-def test_skip_blocks_resumes_the_endless_stream_exactly(pg19_tiny, tokenizer):
-    data = PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=64, seed=1)
-    per_epoch = sum(1 for _ in data.epoch_blocks(0))
-    reference = contents(islice(data, per_epoch + 40))  # crosses into the second, reshuffled, epoch
+@pytest.mark.parametrize("kwargs", [dict(shuffle_buffer=64, seed=1, num_workers=1),
+                                    dict(sharding="blocks", rank=1, world_size=2, shuffle_buffer=16, seed=2)])
+def test_state_dict_resumes_the_endless_stream_exactly_without_rereading(tmp_path, pg19_tiny, tokenizer, kwargs):
+    """A checkpoint holds the stream's state (datasets position, partial book, shuffle buffer and its generator): a
+    stream restored from it continues with exactly the blocks the uninterrupted one yields next, across epochs."""
+    make = lambda: PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, **kwargs)  # noqa: E731
+    per_epoch = sum(1 for _ in PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, **{**kwargs, "endless": False}))
+    reference = contents(islice(make(), per_epoch + 40))  # crosses into the second, reshuffled, epoch
     assert reference[per_epoch:per_epoch + 40] != reference[:40]
-    skip = per_epoch - 10
-    resumed = PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=64, seed=1, skip_blocks=skip)
-    assert contents(islice(resumed, 50)) == reference[skip : skip + 50]
+    for cut in (0, 7, per_epoch - 3, per_epoch + 5):
+        data = make()
+        head = contents(islice(data, cut))
+        save_data_state(tmp_path, 3, data.state_dict())  # the checkpoint file, as training writes it
+        state = load_data_state(tmp_path, 3)
+        resumed = make()
+        resumed.load_state_dict(state)
+        assert head + contents(islice(resumed, per_epoch + 40 - cut)) == reference, cut
+    # the reader resumes at the book after the last one packed: it does not start the split again
+    assert state["meta"]["reader"]["epoch"] == 1 and state["meta"]["epoch"] == 1
+    mid = make()
+    list(islice(mid, per_epoch // 2))
+    reader = mid.state_dict()["meta"]["reader"]
+    assert reader["epoch"] == 0 and reader["books_read"] >= 1 and reader["dataset_state"] is not None
+    # a checkpoint from before data states existed: its place is found by re-reading (skip_blocks)
+    skipping = make()
+    skipping.skip_blocks = 11
+    assert contents(islice(skipping, 20)) == reference[11:31]
+    with pytest.raises(ValueError, match="other settings: seed=.* \\(now 99\\)"):
+        PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, **{**kwargs, "seed": 99}).load_state_dict(state)
 
 
 def test_prepared_shards_hold_the_same_tokens_and_resume_in_constant_time(tmp_path, pg19_tiny, tokenizer, book_tokens):
@@ -112,6 +135,11 @@ def test_prepared_shards_hold_the_same_tokens_and_resume_in_constant_time(tmp_pa
     assert not set(ranks[0][:first_epoch]) & set(ranks[1][:first_epoch])
     resumed = contents(islice(PreparedBlocks(tmp_path, "train", BLOCK, 1, 2, seed=0, skip_blocks=150), 50))
     assert resumed == ranks[1][150:200]
+    data = PreparedBlocks(tmp_path, "train", BLOCK, 1, 2, seed=0)
+    list(islice(data, 150))
+    restored = PreparedBlocks(tmp_path, "train", BLOCK, 1, 2, seed=0)
+    restored.load_state_dict(data.state_dict())  # the state a checkpoint holds: the count of blocks used
+    assert contents(islice(restored, 50)) == ranks[1][150:200]
 
 
 def test_token_byte_lengths_count_the_utf8_bytes_of_the_text(tokenizer):

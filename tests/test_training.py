@@ -75,7 +75,8 @@ def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model
     assert summary["mixed_precision"] == "no" and summary["hardware"].startswith("CPU")
     assert summary["dataset"] == str(pg19_tiny) and summary["books_seen"] >= 1
     assert summary["eval"]["validation"] == evals[-1]["eval"]
-    assert set(summary["eval"]["test"]) == {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}
+    assert set(summary["eval"]["test"]) == {"loss", "perplexity", "bits_per_byte", "word_perplexity", "tokens",
+                                            "bytes", "words"}
     assert summary["training_config"]["max_steps"] == 30 and summary["loss_curve"] == "loss_curve.png"
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard, the default tracker
 
@@ -85,6 +86,8 @@ def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model
     figures = json.loads(proc.stdout)
     assert figures["tokens"] == summary["eval"]["validation"]["tokens"]
     assert figures["bits_per_byte"] == pytest.approx(summary["eval"]["validation"]["bits_per_byte"], rel=1e-4)
+    assert figures["words"] == summary["eval"]["validation"]["words"] > 0
+    assert figures["word_perplexity"] == pytest.approx(summary["eval"]["validation"]["word_perplexity"], rel=1e-3)
 
     # a stranger's process (victorian_gpt not importable) loads it with trust_remote_code and generates
     code = (

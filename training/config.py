@@ -70,6 +70,11 @@ class TrainingConfig:
     per_device_eval_batch_size: int | None = None  # None: micro_batch_size
     num_samples: int = 3  # generated samples per evaluation
     sample_max_new_tokens: int = 48
+    metric_for_best_model: str = "bits_per_byte"  # validation figure that picks the best model (lower is better):
+    #   "bits_per_byte", "loss", "perplexity" or "word_perplexity"
+    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (None: never)
+    early_stopping_threshold: float = 0.0  # an improvement must beat the best by more than this to reset patience
+    load_best_model_at_end: bool = False  # export the best evaluated checkpoint's weights, not the last step's
     logging_steps: int = 10
     report_to: str = "tensorboard"  # an accelerate tracker name, "all" or "none"
     log_data_fingerprints: bool = False  # write a hash of every trained block per rank (to audit sharding)
@@ -152,7 +157,8 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
     for name, allowed in (("data_sharding", ("books", "blocks")), ("mixed_precision", (None, "no", "fp16", "bf16")),
                           ("optimizer", ("adamw", "muon")), ("lr_scheduler_type", ("cosine", "warmup_stable_decay")),
                           ("decay_type", ("linear", "cosine", "1-sqrt")),
-                          ("muon_adjust_lr_fn", ("match_rms_adamw", "original"))):
+                          ("muon_adjust_lr_fn", ("match_rms_adamw", "original")),
+                          ("metric_for_best_model", ("bits_per_byte", "loss", "perplexity", "word_perplexity"))):
         if getattr(config, name) not in allowed:
             raise ValueError(f"config key {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
     for name in ("tokens_per_step", "micro_batch_size", "max_steps"):
@@ -160,6 +166,11 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
             raise ValueError(f"config key {name!r} must be positive, got {getattr(config, name)}")
     if config.max_train_minutes is not None and config.max_train_minutes <= 0:
         raise ValueError(f"config key 'max_train_minutes' must be positive or null, got {config.max_train_minutes}")
+    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+        raise ValueError("config key 'early_stopping_patience' must be at least 1 or null, got "
+                         f"{config.early_stopping_patience}")
+    if (config.early_stopping_patience or config.load_best_model_at_end) and not config.eval_steps:
+        raise ValueError("early_stopping_patience and load_best_model_at_end need periodic evaluations: set eval_steps")
     if not 0.0 <= config.decay_ratio <= 1.0:
         raise ValueError(f"config key 'decay_ratio' must be between 0 and 1, got {config.decay_ratio}")
     return config

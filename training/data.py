@@ -13,8 +13,10 @@ Sharding across DDP ranks (`data_sharding`):
   batch is then the same for any number of processes (2 processes x accumulation 1 == 1 process x accumulation 2),
   at the price of every rank tokenizing everything.
 
-The stream is endless (epoch after epoch, reshuffled) and deterministic given (seed, rank, world_size), which is what
-makes resuming exact: a resumed run regenerates the stream and drops the blocks it had already consumed.
+The stream is endless (epoch after epoch, reshuffled) and deterministic given (seed, rank, world_size). Resuming is
+exact and takes constant time: each checkpoint holds every rank's stream state (`PackedBlocks.state_dict()`: the
+`datasets` position after the last book used, the partial book, the block shuffle buffer and its generator), so a
+resumed run reads on from there instead of re-reading what it had trained on.
 For runs where on-the-fly tokenization would starve the accelerators, `prepare` writes uint16 token shards once
 (`python -m training.prepare`), read back by memmap with O(1) resume.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +46,26 @@ PREPARED_META = "prepared.json"
 
 def token_stream(texts, tokenizer, eos_token_id: int, batch_books: int = TOKENIZE_BATCH_BOOKS) -> Iterator[np.ndarray]:
     """Yield one int32 array per book: its tokens followed by EOS. `tokenizer` is a `PreTrainedTokenizerFast`."""
-    backend = tokenizer.backend_tokenizer  # the Rust tokenizer: no per-call Python overhead, no max-length warnings
-    batch: list[str] = []
+    for ids, _ in encode_books(((text, None) for text in texts), tokenizer, eos_token_id, batch_books):
+        yield ids
+
+
+def encode_books(books, tokenizer, eos_token_id: int, batch_books: int = TOKENIZE_BATCH_BOOKS):
+    """(text, tag) pairs -> (int32 tokens + EOS, tag), encoding `batch_books` books per call of the Rust tokenizer
+    (which parallelises across a batch; no per-call Python overhead, no max-length warnings)."""
+    backend = tokenizer.backend_tokenizer
+    batch: list = []
 
     def encode(batch):
-        for encoding in backend.encode_batch_fast(batch, add_special_tokens=False):
+        encodings = backend.encode_batch_fast([text for text, _ in batch], add_special_tokens=False)
+        for encoding, (_, tag) in zip(encodings, batch):
             ids = np.empty(len(encoding.ids) + 1, dtype=np.int32)
             ids[:-1] = encoding.ids
             ids[-1] = eos_token_id
-            yield ids
+            yield ids, tag
 
-    for text in texts:
-        batch.append(text)
+    for book in books:
+        batch.append(book)
         if len(batch) == batch_books:
             yield from encode(batch)
             batch = []
@@ -95,111 +106,323 @@ def shuffle_blocks(blocks: Iterator, buffer_size: int, rng: np.random.Generator)
     yield from buffer
 
 
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (0 for special tokens), for the tokenizer-independent bits per byte.
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character standing for each byte, inverted."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
 
-    Our tokenizer is byte-level BPE: every character of a token's string is one byte of the original text.
+
+def token_bytes(tokenizer) -> list[bytes]:
+    """The UTF-8 bytes of the text each token id stands for (b"" for special tokens).
+
+    Our tokenizer is byte-level BPE: each character of a token's string stands for one byte of the original text.
     """
     vocab = tokenizer.get_vocab()
-    lengths = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    out = [b""] * (max(vocab.values()) + 1)
     special = set(tokenizer.all_special_ids)
     byte_level = type(tokenizer.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel"
+    decoder = _byte_decoder()
     for token, index in vocab.items():
         if index in special:
             continue
-        lengths[index] = len(token) if byte_level else len(tokenizer.convert_tokens_to_string([token]).encode())
-    return lengths
+        if byte_level and all(c in decoder for c in token):
+            out[index] = bytes(decoder[c] for c in token)
+        else:
+            out[index] = tokenizer.convert_tokens_to_string([token]).encode()
+    return out
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (0 for special tokens), for the tokenizer-independent bits per byte."""
+    return np.array([len(b) for b in token_bytes(tokenizer)], dtype=np.int64)
+
+
+WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")  # what `bytes.split()` splits on
+
+
+def token_word_tables(tokenizer) -> np.ndarray:
+    """Per token id, for counting the words of the text a run of tokens stands for (PG19's word-level perplexity).
+
+    A word is a maximal run of non-whitespace bytes (whitespace: space, tab, newline, CR, VT, FF; `bytes.split()`,
+    which for PG19's text gives the same count as `str.split()`). Row 0: words starting inside the token (after its
+    first byte); row 1: 1 if its first byte is not whitespace (it starts a word when the previous token ends in
+    whitespace); row 2: 1 if its last byte is whitespace. Special tokens (EOS between books) count as whitespace.
+    """
+    rows = []
+    for b in token_bytes(tokenizer):
+        if not b:
+            rows.append((0, 0, 1))
+            continue
+        inner = sum(1 for i in range(1, len(b)) if b[i] not in WHITESPACE and b[i - 1] in WHITESPACE)
+        rows.append((inner, int(b[0] not in WHITESPACE), int(b[-1] in WHITESPACE)))
+    return np.array(rows, dtype=np.int64).T
+
+
+def count_words(blocks: np.ndarray, tables: np.ndarray) -> int:
+    """Words of the original text that start in the predicted tokens (targets `blocks[:, 1:]`) of `blocks`."""
+    blocks = np.clip(np.asarray(blocks), 0, tables.shape[1] - 1)
+    targets, previous = blocks[:, 1:], blocks[:, :-1]
+    return int(tables[0][targets].sum() + (tables[1][targets] & tables[2][previous]).sum())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # the streaming dataset
+#
+# Two halves, so that all the state of the stream lives in the training process and resuming costs the same at step
+# 10 as at step 100,000:
+# - `BookReader` (in the DataLoader worker, which it keeps busy tokenizing ahead of the loop) yields this rank's books,
+#   tokenized, each with the `datasets` state right after its row (`IterableDataset.state_dict()`), then an
+#   end-of-epoch marker. It can start at any such state: `datasets` finds the row without re-reading the books before.
+# - `PackedBlocks` (in the training process) packs the books it has *received* into blocks, passes them through the
+#   block shuffle buffer and the block sharding filter, and can say at any moment exactly where it is: the reader's
+#   position after the last book it consumed, the partial book not yet cut into blocks, the shuffle buffer and its
+#   random generator (`state_dict()`, saved with each checkpoint, one per rank). Books the worker read ahead are
+#   simply read again after a resume.
 
 
 def texts_of(dataset, name: str) -> Iterator[str]:
     """The `text` field of each row, with a clear error for rows that lack one (JSON Lines declare no columns)."""
     for row in dataset:
-        text = row.get("text")
-        if not isinstance(text, str):
-            raise ValueError(f"{name} has no 'text' field; its fields are {sorted(row)}")
-        yield text
+        yield _text(row, name)
 
 
-class PackedBlocks(IterableDataset):
-    """Endless, deterministic stream of `block_size + 1`-token blocks of one split, for one DDP rank.
+def _text(row, name: str) -> str:
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"{name} has no 'text' field; its fields are {sorted(row)}")
+    return text
 
-    Each item is `{"input_ids": LongTensor[block_size + 1], "book": int}` (`book`: index, within the rank's reader
-    for the current epoch, of the book the block ends in, for the `books_seen` figure).
-    `skip_blocks` drops that many of this rank's blocks first: how a resumed run finds its place.
+
+class BookReader(IterableDataset):
+    """One rank's books of one split, tokenized, each with the `datasets` stream state after its row.
+
+    Items: `{"epoch": e, "ids": int32 array (tokens + EOS), "state": datasets state dict}`, and after the last book of
+    each epoch `{"epoch": e, "end": True}`. `start` = `{"epoch", "dataset_state", "books_read"}` (see `PackedBlocks`).
     """
 
-    def __init__(
-        self,
-        source: str,
-        split: str,
-        tokenizer,
-        block_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        sharding: str = "books",
-        shuffle_buffer: int = 1000,
-        seed: int = 0,
-        skip_blocks: int = 0,
-        endless: bool = True,
-        max_books: int | None = None,
-    ):
-        if sharding not in ("books", "blocks"):
-            raise ValueError(f"data_sharding must be 'books' or 'blocks', got {sharding!r}")
-        self.source, self.split, self.tokenizer, self.block_size = source, split, tokenizer, block_size
+    def __init__(self, source, split, tokenizer, rank=0, world_size=1, sharding="books", endless=True,
+                 max_books=None, start=None):
+        self.source, self.split, self.tokenizer = source, split, tokenizer
         self.rank, self.world_size, self.sharding = rank, world_size, sharding
-        self.shuffle_buffer, self.seed, self.skip_blocks = shuffle_buffer, seed, skip_blocks
         self.endless, self.max_books = endless, max_books
-        self.eos_token_id = tokenizer.eos_token_id
+        self.start = start or {"epoch": 0, "dataset_state": None, "books_read": 0}
 
-    def _books(self):
-        from itertools import islice
-
+    def _dataset(self):
         dataset = load_text_dataset(self.source, split=self.split)
         if self.sharding == "books" and self.world_size > 1:
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
-        return islice(texts_of(dataset, f"{self.source} ({self.split})"), self.max_books)
+        return dataset
 
-    def epoch_blocks(self, epoch: int) -> Iterator[tuple[np.ndarray, int]]:
-        """This rank's blocks of one pass over the split (before skipping)."""
-        blocks = pack_blocks(token_stream(self._books(), self.tokenizer, self.eos_token_id), self.block_size)
-        blocks = shuffle_blocks(blocks, self.shuffle_buffer, np.random.default_rng([self.seed, epoch]))
-        for j, item in enumerate(blocks):
-            if self.sharding == "books" or j % self.world_size == self.rank:
-                yield item
+    def _rows(self, dataset, books_read):
+        """(text, state after the row) for each remaining row of the epoch."""
+        name = f"{self.source} ({self.split})"
+        for i, row in enumerate(dataset):
+            if self.max_books is not None and books_read + i >= self.max_books:
+                return
+            yield _text(row, name), dataset.state_dict()
 
     def __iter__(self):
-        to_skip, epoch = self.skip_blocks, 0
+        epoch, state, books_read = self.start["epoch"], self.start["dataset_state"], self.start["books_read"]
+        eos = self.tokenizer.eos_token_id
         while True:
-            produced = 0
-            for block, book in self.epoch_blocks(epoch):
-                produced += 1
-                if to_skip:
-                    to_skip -= 1
-                    continue
-                yield {"input_ids": torch.from_numpy(block.astype(np.int64)), "book": book}
-            if produced == 0:
-                raise ValueError(
-                    f"{self.source} ({self.split}) gave rank {self.rank} of {self.world_size} no block of "
-                    f"{self.block_size + 1} tokens"
-                    + (" (with data_sharding='books' a rank needs its own books; try data_sharding='blocks')"
-                       if self.sharding == "books" and self.world_size > 1 else "")
-                )
+            dataset = self._dataset()
+            if state is not None:
+                dataset.load_state_dict(state)
+            for ids, row_state in encode_books(self._rows(dataset, books_read), self.tokenizer, eos):
+                yield {"epoch": epoch, "ids": ids, "state": row_state}
+            yield {"epoch": epoch, "end": True}
             if not self.endless:
                 return
-            epoch += 1
+            epoch, state, books_read = epoch + 1, None, 0
+
+
+def _as_is(item):
+    return item
+
+
+class PackedBlocks:
+    """Endless, deterministic stream of `block_size + 1`-token blocks of one split, for one DDP rank, resumable
+    exactly and in constant time through `state_dict()` / `load_state_dict()`.
+
+    Each item is `{"input_ids": LongTensor[block_size + 1], "book": int}` (`book`: index, within the rank's reader
+    for the current epoch, of the book the block ends in, for the `books_seen` figure). Per epoch: books are packed
+    (the tail shorter than a block is dropped at the end of the epoch), shuffled through a `shuffle_buffer`-block
+    buffer seeded by (seed, epoch), and with `sharding="blocks"` rank r keeps the blocks j % world_size == r.
+    `num_workers=1` tokenizes in a DataLoader worker process, ahead of the loop. `skip_blocks` drops that many blocks
+    first (how checkpoints without a data state are resumed: by re-reading the stream).
+    """
+
+    def __init__(self, source, split, tokenizer, block_size, rank=0, world_size=1, sharding="books",
+                 shuffle_buffer=1000, seed=0, skip_blocks=0, endless=True, max_books=None, num_workers=0):
+        if sharding not in ("books", "blocks"):
+            raise ValueError(f"data_sharding must be 'books' or 'blocks', got {sharding!r}")
+        if num_workers > 1:
+            raise ValueError("dataloader_num_workers must be 0 or 1 (one worker tokenizes ahead; use `prepare` for more)")
+        self.source, self.split, self.tokenizer, self.block_size = source, split, tokenizer, block_size
+        self.rank, self.world_size, self.sharding = rank, world_size, sharding
+        self.shuffle_buffer, self.seed, self.skip_blocks = shuffle_buffer, seed, skip_blocks
+        self.endless, self.max_books, self.num_workers = endless, max_books, num_workers
+        self._start_epoch(0)
+        self.reader = {"epoch": 0, "dataset_state": None, "books_read": 0}  # where the reader resumes
+
+    # --- state
+
+    def _start_epoch(self, epoch: int):
+        self.epoch = epoch
+        self.rng = np.random.default_rng([self.seed, epoch])
+        self.carry = np.empty(0, dtype=np.int32)  # tokens received but not yet cut into blocks
+        self.buffer: list = []  # the shuffle buffer: (block, book) pairs
+        self.draining = False  # the epoch's books are all read: the buffer is emptied in a shuffled order
+        self.book = -1  # index of the last book received in this epoch
+        self.emitted = 0  # blocks out of the shuffle buffer this epoch (before the sharding filter)
+        self.produced = 0  # blocks this rank yielded this epoch
+
+    def state_dict(self) -> dict:
+        """Where the stream stands after the last block it yielded: JSON-able scalars plus three arrays."""
+        dtype = np.uint16 if len(self.tokenizer) <= 65536 else np.int32
+        blocks = np.stack([b for b, _ in self.buffer]) if self.buffer else np.empty((0, self.block_size + 1))
+        return {
+            "meta": {"kind": "packed", "epoch": self.epoch, "rng": self.rng.bit_generator.state,
+                     "draining": self.draining, "book": self.book, "emitted": self.emitted, "produced": self.produced,
+                     "reader": self.reader, "rank": self.rank, "world_size": self.world_size,
+                     "sharding": self.sharding, "block_size": self.block_size, "shuffle_buffer": self.shuffle_buffer,
+                     "seed": self.seed},
+            "carry": self.carry.astype(dtype),
+            "buffer": blocks.astype(dtype),
+            "buffer_books": np.array([k for _, k in self.buffer], dtype=np.int64),
+        }
+
+    def load_state_dict(self, state: dict):
+        meta = state["meta"]
+        expected = {"kind": "packed", "rank": self.rank, "world_size": self.world_size, "sharding": self.sharding,
+                    "block_size": self.block_size, "shuffle_buffer": self.shuffle_buffer, "seed": self.seed}
+        differs = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+        if differs:
+            raise ValueError("the checkpoint's data stream was written with other settings: "
+                             + ", ".join(f"{k}={was!r} (now {now!r})" for k, (was, now) in differs.items()))
+        self._start_epoch(meta["epoch"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.draining, self.book = meta["draining"], meta["book"]
+        self.emitted, self.produced = meta["emitted"], meta["produced"]
+        self.reader = dict(meta["reader"])
+        self.carry = np.asarray(state["carry"], dtype=np.int32)
+        self.buffer = [(np.asarray(b, dtype=np.int32), int(k)) for b, k in zip(state["buffer"], state["buffer_books"])]
+        self.skip_blocks = 0
+
+    # --- the stream
+
+    def _books(self):
+        reader = BookReader(self.source, self.split, self.tokenizer, self.rank, self.world_size, self.sharding,
+                            endless=self.endless, max_books=self.max_books, start=dict(self.reader))
+        return iter(DataLoader(reader, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                               prefetch_factor=2 * TOKENIZE_BATCH_BOOKS if self.num_workers else None,
+                               generator=torch.Generator(),  # never draw from the global RNG (exact resume)
+                               worker_init_fn=_worker_ignores_signals if self.num_workers else None))
+
+    def _shuffle(self, item):
+        """Put `item` in the buffer and return the block it displaces (None while the buffer fills)."""
+        if self.shuffle_buffer <= 1:
+            return item
+        if len(self.buffer) < self.shuffle_buffer:
+            self.buffer.append(item)
+            return None
+        i = int(self.rng.integers(self.shuffle_buffer))
+        out, self.buffer[i] = self.buffer[i], item
+        return out
+
+    def _mine(self) -> bool:
+        j, self.emitted = self.emitted, self.emitted + 1
+        keep = self.sharding == "books" or j % self.world_size == self.rank
+        self.produced += keep
+        return keep
+
+    def __iter__(self):
+        """Continue from the current state. All state is updated before each `yield`, so `state_dict()` taken between
+        two items is exact."""
+        length, books = self.block_size + 1, None
+        to_skip, self.skip_blocks = self.skip_blocks, 0
+        while True:
+            if self.draining:
+                if self.buffer:
+                    item = self.buffer.pop(0)
+                    if self._mine():
+                        if to_skip:
+                            to_skip -= 1
+                            continue
+                        yield _item(item)
+                    continue
+                if self.produced == 0:
+                    raise ValueError(
+                        f"{self.source} ({self.split}) gave rank {self.rank} of {self.world_size} no block of "
+                        f"{length} tokens"
+                        + (" (with data_sharding='books' a rank needs its own books; try data_sharding='blocks')"
+                           if self.sharding == "books" and self.world_size > 1 else "")
+                    )
+                if not self.endless:
+                    return
+                self._start_epoch(self.epoch + 1)
+                continue
+            if len(self.carry) >= length:
+                block, self.carry = self.carry[:length], self.carry[length:]
+                item = self._shuffle((block, self.book))
+                if item is not None and self._mine():
+                    if to_skip:
+                        to_skip -= 1
+                        continue
+                    yield _item(item)
+                continue
+            if books is None:
+                books = self._books()
+            book = next(books)
+            if book.get("end"):
+                self.draining = True
+                if self.shuffle_buffer > 1:
+                    self.rng.shuffle(self.buffer)
+                self.carry = np.empty(0, dtype=np.int32)  # the tail shorter than a block
+                self.reader = {"epoch": book["epoch"] + 1, "dataset_state": None, "books_read": 0}
+                continue
+            self.carry = np.concatenate([self.carry, book["ids"]]) if len(self.carry) else book["ids"]
+            self.book += 1
+            self.reader = {"epoch": book["epoch"], "dataset_state": book["state"],
+                           "books_read": self.reader["books_read"] + 1}
+
+
+def _item(item) -> dict:
+    block, book = item
+    return {"input_ids": torch.from_numpy(block.astype(np.int64)), "book": book}
+
+
+def save_data_state(folder, rank: int, state: dict) -> None:
+    """One rank's data stream state as `data_state_rank{r}.npz` (arrays, plus the JSON-able part as a string)."""
+    arrays = {k: v for k, v in state.items() if k != "meta"}
+    with open(Path(folder) / f"data_state_rank{rank}.npz", "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(state["meta"])), **arrays)
+
+
+def load_data_state(folder, rank: int) -> dict | None:
+    """The state `save_data_state` wrote for `rank`, or None when the checkpoint has none (an older checkpoint)."""
+    path = Path(folder) / f"data_state_rank{rank}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {"meta": json.loads(str(data["meta"])), **{k: data[k] for k in data.files if k != "meta"}}
 
 
 class PreparedBlocks(IterableDataset):
     """The same stream as `PackedBlocks`, read from uint16 shards written by `prepare` (memmap, O(1) skip).
 
     Blocks are the consecutive `block_size + 1` windows of each shard; each epoch visits them in a fresh random
-    permutation (a full shuffle is free here); rank r keeps positions j % world_size == r.
+    permutation (a full shuffle is free here); rank r keeps positions j % world_size == r. Its state is the number
+    of blocks yielded (`state_dict()`), from which it resumes in O(1).
     """
 
     def __init__(self, folder, split, block_size, rank=0, world_size=1, seed=0, skip_blocks=0, endless=True,
@@ -210,6 +433,7 @@ class PreparedBlocks(IterableDataset):
         self.files = [Path(folder) / f for f in meta["splits"][split]["files"]]
         self.block_size, self.rank, self.world_size = block_size, rank, world_size
         self.seed, self.skip_blocks, self.endless, self.shuffle = seed, skip_blocks, endless, shuffle
+        self.consumed = skip_blocks
         length = block_size + 1
         counts = [os.path.getsize(f) // 2 // length for f in self.files]
         self.offsets = np.cumsum([0] + counts)  # block index -> (shard, position)
@@ -217,10 +441,23 @@ class PreparedBlocks(IterableDataset):
         if self.per_rank == 0:
             raise ValueError(f"prepared data {folder} ({split}) has fewer than {world_size} blocks of {length} tokens")
 
+    def state_dict(self) -> dict:
+        return {"meta": {"kind": "prepared", "blocks": self.consumed, "rank": self.rank,
+                         "world_size": self.world_size, "block_size": self.block_size, "seed": self.seed}}
+
+    def load_state_dict(self, state: dict):
+        meta = state["meta"]
+        now = {"kind": "prepared", "rank": self.rank, "world_size": self.world_size, "block_size": self.block_size,
+               "seed": self.seed}
+        if any(meta.get(k) != v for k, v in now.items()):
+            raise ValueError(f"the checkpoint's data stream was written with other settings: {meta} (now {now})")
+        self.skip_blocks = self.consumed = meta["blocks"]
+
     def __iter__(self):
         shards = [np.memmap(f, dtype=np.uint16, mode="r") for f in self.files]
         length = self.block_size + 1
         epoch, start = divmod(self.skip_blocks, self.per_rank)
+        self.consumed = self.skip_blocks
         while True:
             total = int(self.offsets[-1])
             order = np.random.default_rng([self.seed, epoch]).permutation(total) if self.shuffle else np.arange(total)
@@ -229,6 +466,7 @@ class PreparedBlocks(IterableDataset):
                 shard = int(np.searchsorted(self.offsets, block_index, side="right")) - 1
                 pos = (int(block_index) - int(self.offsets[shard])) * length
                 block = torch.from_numpy(shards[shard][pos : pos + length].astype(np.int64))
+                self.consumed += 1
                 yield {"input_ids": block, "book": -1}
             if not self.endless:
                 return
@@ -242,9 +480,18 @@ def collate(items):
     }
 
 
-def make_dataloader(dataset: IterableDataset, batch_size: int, num_workers: int = 1) -> DataLoader:
-    """Batches of blocks. At most one worker: it overlaps tokenization with compute while keeping the order (and so
-    exact resume) independent of the worker count; more workers would interleave their streams."""
+def batches_of(blocks, batch_size: int) -> Iterator[dict]:
+    """Collated batches of `batch_size` blocks from an iterable of blocks (in the training process)."""
+    iterator = iter(blocks)
+    while True:
+        items = list(islice(iterator, batch_size))
+        if not items:
+            return
+        yield collate(items)
+
+
+def make_dataloader(dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Batches of blocks through a torch DataLoader (evaluation)."""
     if num_workers > 1:
         raise ValueError("dataloader_num_workers must be 0 or 1 (one worker tokenizes ahead; use `prepare` for more)")
     return DataLoader(
@@ -255,15 +502,20 @@ def make_dataloader(dataset: IterableDataset, batch_size: int, num_workers: int 
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
         generator=torch.Generator(),  # never draw from the global RNG: resuming restores it exactly
-        worker_init_fn=_ignore_sigint if num_workers else None,
+        worker_init_fn=_worker_ignores_signals if num_workers else None,
     )
 
 
-def _ignore_sigint(worker_id):
-    """Ctrl-C reaches the whole process group; the loop handles it (checkpoint, exit), so the worker must not die."""
+def _worker_ignores_signals(worker_id):
+    """A DataLoader worker must outlive SIGINT and SIGTERM: they reach it with the training process (Ctrl-C reaches a
+    terminal's process group; `accelerate launch`/torchrun passes a signal on to each rank's whole process group;
+    schedulers signal every process of a job). Were it to die, torch would raise "DataLoader worker is killed by
+    signal" in the training process in the middle of its checkpoint save. The training process handles the signal
+    (finish the step, save, exit); the worker is shut down by its DataLoader, or leaves when its parent is gone."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

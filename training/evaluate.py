@@ -1,7 +1,14 @@
-"""Loss, perplexity and bits per byte of a model on a split; `victorian-gpt eval MODEL --dataset ... --split test`.
+"""Loss, perplexity, bits per byte and word-level perplexity of a model on a split;
+`victorian-gpt eval MODEL --dataset ... --split test`.
 
-Bits per byte does not depend on the tokenizer: total negative log-likelihood (nats) / ln 2 / UTF-8 bytes of the text
-whose tokens were predicted. The training loop reports the same figures through `evaluate_blocks`.
+- loss: mean negative log-likelihood per predicted token (nats); perplexity = exp(loss): both depend on the tokenizer.
+- bits per byte: total NLL / ln 2 / UTF-8 bytes of the text whose tokens were predicted; does not.
+- word-level perplexity (PG19's measure, as in Rae et al. 2019 and the papers that compare with it):
+  exp(total NLL / words), where the words are those of the original text that start in a predicted token, a word
+  being a maximal run of non-whitespace characters (what Python's `str.split()` counts; `training.data.count_words`).
+  Does not depend on the tokenizer either.
+Evaluation covers whole `block_size + 1`-token blocks: the first token of each block is context, not predicted, and
+its NLL and any word starting in it are left out alike. The training loop reports the same figures.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import PackedBlocks, make_dataloader, token_byte_lengths
+from .data import PackedBlocks, count_words, make_dataloader, token_byte_lengths, token_word_tables
 
 
 def lm_loss(model, block: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -40,29 +47,36 @@ def eval_blocks(source, split, tokenizer, block_size, max_blocks=None, rank=0, w
             yield item
 
 
+def text_measures(tokenizer) -> dict:
+    """What `evaluate_blocks` needs from the tokenizer to count bytes and words: computed once per run."""
+    return {"byte_lengths": token_byte_lengths(tokenizer), "word_tables": token_word_tables(tokenizer)}
+
+
 @torch.no_grad()
-def evaluate_blocks(model, blocks, byte_lengths: np.ndarray, batch_size: int, device, accelerator=None) -> dict:
-    """Sum NLL, predicted tokens and their bytes over `blocks` (this rank's share), reduce across ranks, summarise."""
+def evaluate_blocks(model, blocks, measures: dict, batch_size: int, device, accelerator=None) -> dict:
+    """Sum NLL, predicted tokens, their bytes and words over `blocks` (this rank's share), reduce across ranks,
+    summarise. `measures`: `text_measures(tokenizer)`."""
     was_training = model.training
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=device)
-    tokens = bytes_ = 0
-    byte_table = torch.from_numpy(byte_lengths)
+    tokens = bytes_ = words = 0
+    byte_table = torch.from_numpy(measures["byte_lengths"])
     for batch in make_dataloader(_Blocks(blocks), batch_size, num_workers=0):
         block = batch["input_ids"]
         targets = block[:, 1:]
         bytes_ += int(byte_table[targets.clamp(max=len(byte_table) - 1)].sum())
+        words += count_words(block.numpy(), measures["word_tables"])
         tokens += targets.numel()
         with (accelerator.autocast() if accelerator is not None else nullcontext()):
             nll += lm_loss(model, block.to(device), reduction="sum").double()
-    totals = torch.tensor([nll.item(), tokens, bytes_], dtype=torch.float64, device=device)
+    totals = torch.tensor([nll.item(), tokens, bytes_, words], dtype=torch.float64, device=device)
     if accelerator is not None and accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)
     return summarise(*totals.tolist())
 
 
-def summarise(nll: float, tokens: float, bytes_: float) -> dict:
+def summarise(nll: float, tokens: float, bytes_: float, words: float = 0) -> dict:
     if tokens == 0:
         raise ValueError("evaluation saw no complete block; the split is shorter than one block")
     loss = nll / tokens
@@ -70,8 +84,10 @@ def summarise(nll: float, tokens: float, bytes_: float) -> dict:
         "loss": loss,
         "perplexity": math.exp(min(loss, 700.0)),
         "bits_per_byte": nll / math.log(2) / bytes_ if bytes_ else None,
+        "word_perplexity": math.exp(min(nll / words, 700.0)) if words else None,
         "tokens": int(tokens),
         "bytes": int(bytes_),
+        "words": int(words),
     }
 
 
@@ -88,7 +104,9 @@ class _Blocks(torch.utils.data.IterableDataset):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="victorian-gpt eval",
-        description="Print validation/test loss, perplexity and bits per byte of a model as JSON.",
+        description="Print validation/test loss, perplexity, bits per byte and PG19 word-level perplexity of a "
+        "model as JSON. word_perplexity = exp(total NLL / words), a word being a whitespace-separated run of "
+        "characters of the original text (as str.split() counts them) that starts in a predicted token.",
     )
     parser.add_argument("model", help="an exported model folder or Hub repo id")
     parser.add_argument("--dataset", default=None, help="Hub dataset id or local PG19-format folder/file")
@@ -117,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if block_size > model.config.n_positions:
         parser.error(f"--block_size {block_size} exceeds the model's context ({model.config.n_positions})")
     blocks = eval_blocks(dataset, args.split, tokenizer, block_size, args.max_eval_samples)
-    result = evaluate_blocks(model, blocks, token_byte_lengths(tokenizer), args.batch_size, device)
+    result = evaluate_blocks(model, blocks, text_measures(tokenizer), args.batch_size, device)
     result = {"model": args.model, "dataset": dataset, "split": args.split, "block_size": block_size, **result}
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -9,8 +9,12 @@ starts gloo DDP processes). Output directory layout:
 
     output_dir/training_config.yaml   the resolved config        output_dir/tokenizer/   trained here if none given
     output_dir/metrics.jsonl          one line per step / eval   output_dir/logs/        TensorBoard
-    output_dir/checkpoints/step_K/    accelerator.save_state + trainer_state.json (atomic, last K kept)
+    output_dir/checkpoints/step_K/    accelerator.save_state + trainer_state.json + each rank's data stream state
+                                      (atomic; the last K kept, and the best model's)
     output_dir/model/                 the exported model (save_pretrained + training_summary.json + loss_curve.png)
+
+`train()` reads top to bottom: `setup` (accelerator, tokenizer, model, optimizer, resume, data), `train_loop` (which
+shows only the step: `train_step`), evaluation (`evaluate`), `export`.
 """
 
 from __future__ import annotations
@@ -21,18 +25,25 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from .checkpoint import (
+    CHECKPOINTS,
+    TRAINER_STATE,
+    Interrupt,
+    find_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 from .config import FIELDS, TrainingConfig, load_config, parse_overrides
 from .optim import build_optimizer, lr_factor, set_learning_rates
 
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.json"
 METRICS = "metrics.jsonl"
 PROMPTS = [  # Victorian openings for the samples shown at each evaluation
     "It was a dark and stormy night; the rain fell in torrents",
@@ -54,23 +65,6 @@ def lr_at(step: int, config: TrainingConfig, train_time_s: float | None = None) 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # up-front checks: every error that needs no compute is raised before any
-
-
-def find_checkpoint(output_dir: Path, which: str) -> Path:
-    if which != "latest":
-        path = Path(which)
-        if not (path / TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"resume_from_checkpoint={which!r} is not a checkpoint folder (no {TRAINER_STATE})")
-        return path
-    steps = sorted(_checkpoints(output_dir), key=lambda p: int(p.name.split("_")[1]))
-    if not steps:
-        raise FileNotFoundError(f"resume_from_checkpoint='latest' but {output_dir / CHECKPOINTS} holds no checkpoint")
-    return steps[-1]
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    root = output_dir / CHECKPOINTS
-    return [p for p in root.glob("step_*") if (p / TRAINER_STATE).is_file()] if root.is_dir() else []
 
 
 def check_inputs(config: TrainingConfig):
@@ -132,27 +126,489 @@ def check_inputs(config: TrainingConfig):
 # the run
 
 
-class Interrupt:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and exits."""
+@dataclass
+class Session:
+    """What the parts of a run share. `run` is what trainer_state.json holds (and a resumed run starts from)."""
 
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
+    config: TrainingConfig
+    accelerator: Any
+    model: Any  # as accelerate prepared it (DDP, compiled): for training steps
+    raw_model: Any  # the VictorianGPTForCausalLM itself: evaluation, samples, export
+    optimizer: Any
+    tokenizer: Any
+    model_config: Any
+    output_dir: Path
+    block_size: int
+    accumulation: int
+    tokens_per_step: int
+    run: dict
+    train_data: Any = None  # this rank's block stream (PackedBlocks or PreparedBlocks), positioned by the checkpoint
+    batches: Any = None
+    measures: dict = field(default_factory=dict)  # bytes and words per token, for evaluation
+    history: list = field(default_factory=list)
+    fingerprints: Any = None
+    model_flops: float = 0.0
+    peak: float = 1.0
+    started: float = 0.0  # wall clock since the last checkpoint save
+    clock: float = 0.0  # the training clock all ranks agree on (rank 0's, carried by each step's all-reduce)
+    last_eval: tuple = (None, None)  # (step, validation result)
 
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
+    @property
+    def device(self):
+        return self.accelerator.device
 
-    def _handle(self, signum, frame):
-        if self.requested:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.requested = True
+    @property
+    def budget_s(self) -> float | None:
+        return self.config.max_train_minutes * 60 if self.config.max_train_minutes else None
 
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
+    def finished(self) -> bool:
+        budget = self.budget_s
+        return self.run["step"] >= self.config.max_steps or (budget is not None and self.clock >= budget)
+
+    def record(self, entry: dict):
+        if self.accelerator.is_main_process:
+            self.history.append(entry)
+            with (self.output_dir / METRICS).open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+
+def train(config: TrainingConfig, checked=None) -> dict:
+    """Run (or resume) training as `config` says; export at the end. `checked`: what `check_inputs` returned."""
+    with Interrupt() as interrupt:  # from the start: a signal during set-up is answered at the first step
+        s = setup(config, checked)
+        if s.run["step"] == 0 and config.eval_on_start and config.max_steps > 0:
+            evaluate(s, 0)
+        stopped_by = train_loop(s, interrupt)
+    if s.fingerprints is not None:
+        s.fingerprints.close()
+    s.run["wall_time_s"] += time.time() - s.started
+    if stopped_by == "nonfinite":
+        s.accelerator.end_training()
+        raise NonFiniteLossError(f"{s.run['nonfinite_in_row']} non-finite losses in a row at step {s.run['step']}; "
+                                 "stopped without saving (the last checkpoint is the last good state)")
+    if stopped_by == "interrupt":
+        s.accelerator.end_training()
+        return {"interrupted": True, **s.run}
+    return export(s, early_stopped=stopped_by == "early_stopping")
+
+
+# --- set-up
+
+
+def setup(config: TrainingConfig, checked=None) -> Session:
+    """Accelerator, tokenizer, model and optimizer, then the checkpoint's state, this rank's data stream and logs."""
+    import torch
+
+    from .evaluate import text_measures
+
+    started = time.time()
+    model_config, tokenizer = checked or check_inputs(config)
+    output_dir = Path(config.output_dir)
+    resume_dir = find_checkpoint(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+    block_size = config.block_size or model_config.n_positions
+    accelerator, accumulation = make_accelerator(config, block_size)
+    prepare_output_dir(accelerator, output_dir, config, fresh=resume_dir is None)
+    tokenizer = tokenizer or make_tokenizer(accelerator, config, model_config, output_dir)
+    model, raw_model, optimizer = build_model(accelerator, config, model_config)
+    s = Session(config=config, accelerator=accelerator, model=model, raw_model=raw_model, optimizer=optimizer,
+                tokenizer=tokenizer, model_config=model_config, output_dir=output_dir, block_size=block_size,
+                accumulation=accumulation, started=started,
+                tokens_per_step=accumulation * config.micro_batch_size * block_size * accelerator.num_processes,
+                run={"step": 0, "tokens_seen": 0, "books_seen": 0, "wall_time_s": 0.0, "train_time_s": 0.0,
+                     "nonfinite_in_row": 0, "gradient_accumulation_steps": accumulation,
+                     "num_processes": accelerator.num_processes, "best_step": None, "best_metric": None,
+                     "best_eval": None, "evals_without_improvement": 0})
+    data_state = resume(s, resume_dir) if resume_dir is not None else None
+    s.clock = s.run["train_time_s"]
+    s.model_flops = flops_per_token(model_config, block_size)
+    s.peak, _ = peak_flops(s.device)  # before the data worker starts competing for the cores
+    open_train_data(s, data_state, resumed=resume_dir is not None)
+    s.measures = text_measures(tokenizer)
+    open_logs(s)
+    if s.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return s
+
+
+def make_accelerator(config: TrainingConfig, block_size: int):
+    """CPU fallback, mixed precision, and the accumulation that makes `tokens_per_step` with this many processes."""
+    import torch
+    from accelerate import Accelerator, PartialState
+
+    cpu = not torch.cuda.is_available()
+    mixed_precision = config.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if cpu and mixed_precision == "fp16":
+        warnings.warn("fp16 mixed precision needs a GPU; training in fp32 on CPU (mixed_precision='no')")
+        mixed_precision = "no"
+    # every rank ran check_inputs before this rendezvous, so none can see files another rank writes after it
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=config.ddp_timeout))
+    tokens_per_micro_step = config.micro_batch_size * block_size * state.num_processes
+    accumulation = max(1, round(config.tokens_per_step / tokens_per_micro_step))
+    if accumulation * tokens_per_micro_step != config.tokens_per_step and state.is_main_process:
+        warnings.warn(f"tokens_per_step={config.tokens_per_step} is not a multiple of micro_batch_size x block_size x "
+                      f"processes = {tokens_per_micro_step}; using {accumulation * tokens_per_micro_step} per step")
+    report_to = None if config.report_to == "none" else config.report_to
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
+                              log_with=report_to, project_dir=str(Path(config.output_dir) / "logs"))
+    return accelerator, accumulation
+
+
+def prepare_output_dir(accelerator, output_dir: Path, config: TrainingConfig, fresh: bool):
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:  # a fresh run (maybe --overwrite_output_dir): no stale checkpoints or metrics
+            shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
+            (output_dir / METRICS).unlink(missing_ok=True)
+        import yaml
+
+        (output_dir / "training_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def make_tokenizer(accelerator, config: TrainingConfig, model_config, output_dir: Path):
+    """No tokenizer given: train one from the training split (main process; the others wait, then load it)."""
+    from transformers import AutoTokenizer
+
+    from victorian_gpt.tokenization import train_tokenizer_from_source
+
+    tokenizer_dir = output_dir / "tokenizer"
+    if accelerator.is_main_process:
+        train_tokenizer_from_source(config.dataset, model_config.vocab_size, str(tokenizer_dir),
+                                    split=config.train_split, max_books=config.tokenizer_max_books,
+                                    model_max_length=model_config.n_positions)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def build_model(accelerator, config: TrainingConfig, model_config):
+    """Same seed everywhere (identical initial weights), then per-rank seeds (dropout streams)."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from victorian_gpt import VictorianGPTForCausalLM
+
+    set_seed(config.seed)
+    model = raw_model = VictorianGPTForCausalLM(model_config)
+    if config.gradient_checkpointing:  # transformers 5.23 renamed gradient_checkpointing_enable
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    optimizer = build_optimizer(model, config, fused=accelerator.device.type == "cuda")
+    if config.torch_compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    set_seed(config.seed, device_specific=True)
+    return model, raw_model, optimizer
+
+
+def resume(s: Session, resume_dir: Path) -> dict | None:
+    """Weights, optimizer, scaler and RNG (after this nothing draws randomness), the trainer state; returns this rank's
+    data stream state (None for a checkpoint from before data states were saved)."""
+    from .data import load_data_state
+
+    s.accelerator.load_state(str(resume_dir))
+    s.run.update(json.loads((resume_dir / TRAINER_STATE).read_text()))
+    if (s.run["gradient_accumulation_steps"], s.run["num_processes"]) != (s.accumulation, s.accelerator.num_processes):
+        raise ValueError(
+            f"{resume_dir} was written with {s.run['num_processes']} processes x accumulation "
+            f"{s.run['gradient_accumulation_steps']}; resuming needs the same layout to find the data position"
+        )
+    s.accelerator.print(f"resumed from {resume_dir} at step {s.run['step']}")
+    return load_data_state(resume_dir, s.accelerator.process_index)
+
+
+def open_train_data(s: Session, data_state: dict | None, resumed: bool):
+    """This rank's endless block stream, where the checkpoint left it."""
+    from .data import PackedBlocks, PreparedBlocks, batches_of
+
+    config, acc = s.config, s.accelerator
+    if config.prepared_data:
+        s.train_data = PreparedBlocks(config.prepared_data, config.train_split, s.block_size, acc.process_index,
+                                      acc.num_processes, seed=config.seed)
+    else:
+        s.train_data = PackedBlocks(config.dataset, config.train_split, s.tokenizer, s.block_size,
+                                    acc.process_index, acc.num_processes, sharding=config.data_sharding,
+                                    shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+                                    num_workers=config.dataloader_num_workers)
+    if data_state is not None:
+        s.train_data.load_state_dict(data_state)
+    elif resumed:  # an older checkpoint: find the place by re-reading the blocks already trained on
+        warnings.warn("the checkpoint holds no data stream state; re-reading the stream up to it")
+        s.train_data.skip_blocks = s.run["step"] * s.accumulation * config.micro_batch_size
+    s.batches = batches_of(s.train_data, config.micro_batch_size)
+
+
+def open_logs(s: Session):
+    """metrics.jsonl (cut back to the checkpoint when resuming), trackers, per-rank data fingerprints."""
+    config, acc = s.config, s.accelerator
+    metrics_path = s.output_dir / METRICS
+    if acc.is_main_process and metrics_path.exists():  # resuming: keep what led up to the checkpoint
+        s.history = [h for h in map(json.loads, metrics_path.read_text().splitlines()) if h["step"] <= s.run["step"]]
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in s.history))
+    if config.report_to != "none":
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict().items()}
+        acc.init_trackers("victorian-gpt", config=hparams)
+    if config.log_data_fingerprints:
+        s.fingerprints = (s.output_dir / f"data_fingerprints.rank{acc.process_index}.jsonl").open("a")
+
+
+# --- the loop
+
+
+def train_loop(s: Session, interrupt: Interrupt) -> str | None:
+    """Steps until the end of the run. Returns why it stopped early: "interrupt", "nonfinite", "early_stopping"."""
+    config = s.config
+    s.model.train()
+    progress = progress_bar(s)
+    window = {"start": time.time(), "tokens": 0}  # tokens/s over the last logging window
+    try:
+        while not s.finished():
+            step = train_step(s, interrupt)
+            if s.run["nonfinite_in_row"] > config.max_nonfinite_steps:
+                return "nonfinite"
+            log_step(s, step, progress, window)
+            stop = None
+            if config.eval_steps and s.run["step"] % config.eval_steps == 0 and not s.finished():
+                stop = evaluate(s, s.run["step"])
+                window.update(start=time.time(), tokens=0)  # the pause is not training throughput
+            # no periodic save inside a non-finite streak: it could prune good checkpoints
+            periodic = config.save_steps and s.run["step"] % config.save_steps == 0 and not s.run["nonfinite_in_row"]
+            best_unsaved = config.load_best_model_at_end and s.run["best_step"] == s.run["step"]
+            if step["interrupted"] or periodic or best_unsaved:
+                path = checkpoint(s)
+                if step["interrupted"]:
+                    s.accelerator.print(f"interrupted: saved {path}; resume with --resume_from_checkpoint latest")
+                    return "interrupt"
+            if stop:
+                return stop
+        return None
+    finally:
+        progress.close()
+
+
+def train_step(s: Session, interrupt: Interrupt) -> dict:
+    """One optimizer step: the micro-batches, one small all-reduce (loss, interrupt, books, clock), clip, update."""
+    import torch
+
+    from .evaluate import lm_loss
+
+    acc, run, device = s.accelerator, s.run, s.device
+    step_start = time.time()
+    factor = lr_factor(run["step"], s.config, s.clock)
+    set_learning_rates(s.optimizer, factor)
+    loss_sum, books = torch.zeros((), device=device), -1
+    for _ in range(s.accumulation):
+        batch = next(s.batches)
+        books = max(books, int(batch["book"].max()))
+        if s.fingerprints is not None:
+            for row in batch["input_ids"]:
+                s.fingerprints.write(json.dumps({"step": run["step"], "block": hash_block(row)}) + "\n")
+        with acc.accumulate(s.model):  # no DDP all-reduce until the last micro-step
+            with acc.autocast():
+                loss = lm_loss(s.model, batch["input_ids"].to(device, non_blocking=True))
+            acc.backward(loss)  # divided by the accumulation steps inside
+        loss_sum += loss.detach()
+    clock_rank0 = run["train_time_s"] + time.time() - step_start if acc.is_main_process else 0.0
+    flags = torch.stack([loss_sum / s.accumulation, torch.tensor(float(interrupt.requested), device=device),
+                         torch.tensor(float(books + 1), device=device),
+                         torch.tensor(clock_rank0, dtype=loss_sum.dtype, device=device)])
+    flags = acc.reduce(flags, reduction="sum") if acc.num_processes > 1 else flags
+    step_loss, s.clock = flags[0].item() / acc.num_processes, flags[3].item()
+    if math.isfinite(step_loss):
+        grad_norm = float(acc.clip_grad_norm_(s.model.parameters(), s.config.max_grad_norm))
+        s.optimizer.step()
+        run["nonfinite_in_row"] = 0
+    else:
+        run["nonfinite_in_row"] += 1
+        grad_norm = float("nan")
+        warnings.warn(f"step {run['step'] + 1}: non-finite loss {step_loss}; skipping the update "
+                      f"({run['nonfinite_in_row']} in a row, limit {s.config.max_nonfinite_steps})")
+    s.optimizer.zero_grad(set_to_none=True)
+    run["step"] += 1
+    run["tokens_seen"] += s.tokens_per_step
+    # distinct books reached so far: ranks either share one stream ("blocks") or each read their own books
+    books_now = flags[2].item() / (acc.num_processes if s.config.data_sharding == "blocks" else 1)
+    run["books_seen"] = max(run["books_seen"], int(round(books_now)))
+    step_time = time.time() - step_start
+    # rank 0 keeps its own full clock (it writes checkpoints); the others follow the agreed one
+    run["train_time_s"] = run["train_time_s"] + step_time if acc.is_main_process else s.clock
+    return {"loss": step_loss, "lr": s.config.learning_rate * factor, "grad_norm": grad_norm,
+            "step_time_s": step_time, "interrupted": flags[1].item() > 0}
+
+
+def progress_bar(s: Session):
+    from tqdm.auto import tqdm
+
+    kwargs = dict(desc="train", disable=not s.accelerator.is_main_process, dynamic_ncols=True)
+    if s.budget_s is None:
+        return tqdm(total=s.config.max_steps, initial=s.run["step"], unit="step", **kwargs)
+    return tqdm(total=round(s.budget_s), initial=round(s.run["train_time_s"]), unit="s", **kwargs)  # training seconds
+
+
+def log_step(s: Session, step: dict, progress, window: dict):
+    run, config = s.run, s.config
+    s.record({"step": run["step"], "loss": step["loss"], "lr": step["lr"], "grad_norm": step["grad_norm"],
+              "step_time_s": step["step_time_s"], "train_time_s": round(run["train_time_s"], 3), "time": time.time()})
+    window["tokens"] += s.tokens_per_step
+    if run["step"] % config.logging_steps == 0 or run["step"] == 1:
+        # over the last logging window, so compilation and evaluation pauses age out
+        tokens_per_s = window["tokens"] / (time.time() - window["start"])
+        window.update(start=time.time(), tokens=0)
+        mfu = tokens_per_s * s.model_flops / (s.peak * s.accelerator.num_processes)
+        s.accelerator.log({"train/loss": step["loss"], "train/lr": step["lr"], "train/grad_norm": step["grad_norm"],
+                           "train/tokens_per_s": tokens_per_s, "train/mfu": mfu}, step=run["step"])
+        progress.set_postfix(loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                             mfu=f"{100 * mfu:.1f}%", mem=memory_used(s.device), refresh=False)
+    progress.update(1 if s.budget_s is None else step["step_time_s"])
+
+
+def checkpoint(s: Session) -> Path:
+    s.run["wall_time_s"] += time.time() - s.started
+    s.started = time.time()
+    return save_checkpoint(s.accelerator, s.output_dir, s.run, s.config.save_total_limit,
+                           data_state=s.train_data.state_dict(), protect_step=s.run["best_step"])
+
+
+# --- evaluation
+
+
+def evaluate_split(s: Session, split: str) -> dict:
+    from .evaluate import eval_blocks, evaluate_blocks
+
+    config, acc = s.config, s.accelerator
+    blocks = eval_blocks(config.dataset, split, s.tokenizer, s.block_size, config.max_eval_samples,
+                         acc.process_index, acc.num_processes, config.prepared_data)
+    return evaluate_blocks(s.raw_model, blocks, s.measures, config.per_device_eval_batch_size or
+                           config.micro_batch_size, s.device, acc)
+
+
+def evaluate(s: Session, step: int, final: bool = False) -> str | None:
+    """Validation figures and samples at `step`, logged; the best model and early stopping follow them.
+    Returns "early_stopping" when `early_stopping_patience` evaluations in a row have not improved enough."""
+    from tqdm.auto import tqdm
+
+    result = evaluate_split(s, s.config.validation_split)
+    s.last_eval = (step, result)
+    samples = generate_samples(s.raw_model, s.tokenizer, s.config, s.device) if s.accelerator.is_main_process else []
+    s.record({"step": step, "eval": result})
+    s.accelerator.log({f"eval/{k}": v for k, v in result.items() if v is not None}, step=step)
+    if samples:
+        s.accelerator.log({f"samples/{i}": text for i, text in enumerate(samples)}, step=step)
+        for text in samples:
+            tqdm.write(f"  sample> {text!r}")
+    if s.accelerator.is_main_process:
+        word_ppl = result["word_perplexity"]
+        tqdm.write(f"step {step}: validation loss {result['loss']:.4f}, ppl {result['perplexity']:.2f}, "
+                   f"bits/byte {result['bits_per_byte']:.4f}"
+                   + (f", word ppl {word_ppl:.2f}" if word_ppl is not None else ""))
+    return track_best(s, step, result, final)
+
+
+def track_best(s: Session, step: int, result: dict, final: bool = False) -> str | None:
+    """transformers' rules: the best model is the lowest `metric_for_best_model` so far; an evaluation that does not
+    beat the best by more than `early_stopping_threshold` counts towards `early_stopping_patience`."""
+    run, config = s.run, s.config
+    value = result.get(config.metric_for_best_model)
+    if step == 0 or value is None:  # the untrained model is no candidate
+        return None
+    best = run["best_metric"]
+    if best is None or value < best - config.early_stopping_threshold:
+        run["evals_without_improvement"] = 0
+    else:
+        run["evals_without_improvement"] += 1
+    if best is None or value < best:
+        run.update(best_step=step, best_metric=value, best_eval=result)
+    patience = config.early_stopping_patience
+    if patience and run["evals_without_improvement"] >= patience and not final:
+        s.accelerator.print(f"early stopping at step {step}: {config.metric_for_best_model} has not improved by more "
+                            f"than {config.early_stopping_threshold} for {patience} evaluations "
+                            f"(best {run['best_metric']:.4f} at step {run['best_step']})")
+        return "early_stopping"
+    return None
+
+
+# --- export
+
+
+def export(s: Session, early_stopped: bool = False) -> dict:
+    """Final validation (the best model's with `load_best_model_at_end`) and test figures; the exported folder."""
+    run, config, acc = s.run, s.config, s.accelerator
+    validation = s.last_eval[1] if s.last_eval[0] == run["step"] else None
+    if validation is None:
+        evaluate(s, run["step"], final=True)
+        validation = s.last_eval[1]
+    exported_step = run["step"]
+    if config.load_best_model_at_end and run["best_step"] not in (None, run["step"]):
+        best_dir = s.output_dir / CHECKPOINTS / f"step_{run['best_step']}"
+        acc.load_state(str(best_dir))  # the weights of the best model (and its optimizer and RNG: unused now)
+        exported_step, validation = run["best_step"], run["best_eval"]
+        acc.print(f"loaded the best model: step {exported_step}, {config.metric_for_best_model} {run['best_metric']}")
+    final = {"validation": validation}
+    if config.test_split:
+        final["test"] = evaluate_split(s, config.test_split)
+        s.record({"step": exported_step, "test": final["test"]})
+    export_dir = s.output_dir / "model"
+    if acc.is_main_process:
+        write_export(s, export_dir, final, exported_step, early_stopped)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return {"interrupted": False, "export_dir": str(export_dir), **run, "eval": final,
+            "exported_step": exported_step, "early_stopped": early_stopped}
+
+
+def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, early_stopped: bool):
+    import torch
+
+    import victorian_gpt
+    from victorian_gpt.export import save_model_folder
+
+    run, config = s.run, s.config
+    summary = {
+        "model_preset": config.model_preset,
+        "model_config": s.model_config.to_dict(),
+        "training_config": config.to_dict(),
+        "dataset": config.prepared_data or config.dataset,
+        "dataset_splits": {"train": config.train_split, "validation": config.validation_split,
+                           **({"test": config.test_split} if config.test_split else {})},
+        "books_seen": run["books_seen"] or None,
+        "tokens_seen": run["tokens_seen"],
+        "steps": run["step"],
+        "tokens_per_step": s.tokens_per_step,
+        "micro_batch_size": config.micro_batch_size,
+        "gradient_accumulation_steps": s.accumulation,
+        "num_processes": s.accelerator.num_processes,
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        **({"muon_learning_rate": config.muon_learning_rate if config.muon_learning_rate is not None
+            else config.learning_rate} if config.optimizer == "muon" else {}),
+        "lr_schedule": config.lr_scheduler_type,
+        "warmup_steps": config.warmup_steps,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "mixed_precision": s.accelerator.mixed_precision,
+        "hardware": hardware_name(s.accelerator),
+        "wall_time_s": round(run["wall_time_s"], 1),
+        "train_time_s": round(run["train_time_s"], 1),
+        "max_train_minutes": config.max_train_minutes,
+        "exported_step": exported_step,  # the step whose weights the folder holds
+        "best_model": {"metric": config.metric_for_best_model, "value": run["best_metric"], "step": run["best_step"],
+                       "load_best_model_at_end": config.load_best_model_at_end},
+        "early_stopping": {"patience": config.early_stopping_patience, "threshold": config.early_stopping_threshold,
+                           "stopped_early": early_stopped, "stopped_at_step": run["step"] if early_stopped else None},
+        "eval": final,
+        "loss_curve": "loss_curve.png",
+        "transformers_version": __import__("transformers").__version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "victorian_gpt_version": victorian_gpt.__version__,
+    }
+    extra = {"training_summary.json": json.dumps(summary, indent=2).encode(),
+             "loss_curve.png": plot_loss_curve(s.history)}
+    save_model_folder(s.raw_model, s.tokenizer, export_dir, extra_files=extra)
+    s.accelerator.print(f"exported {export_dir} (step {exported_step}): validation bits/byte "
+                        f"{final['validation']['bits_per_byte']:.4f}, {run['tokens_seen']:,} tokens in "
+                        f"{run['wall_time_s']:.0f}s")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
 
 
 def flops_per_token(model_config, block_size: int) -> float:
@@ -199,29 +655,6 @@ def hardware_name(accelerator) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def save_checkpoint(accelerator, output_dir: Path, state: dict, keep: int) -> Path:
-    """`accelerator.save_state` into a temporary folder renamed into place: a crash mid-save leaves the previous
-    checkpoint whole. Then drop all but the last `keep`."""
-    root = output_dir / CHECKPOINTS
-    final = root / f"step_{state['step']}"
-    tmp = root / f".tmp-step_{state['step']}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # model, optimizer, grad scaler, every rank's RNG states
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
-        if final.exists():  # reached again after resuming from an earlier checkpoint
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in sorted(_checkpoints(output_dir), key=lambda p: int(p.name.split("_")[1]))[:-keep or None]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def generate_samples(model, tokenizer, config, device) -> list[str]:
     import torch
 
@@ -265,303 +698,6 @@ def plot_loss_curve(history: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def train(config: TrainingConfig, checked=None) -> dict:
-    """Run (or resume) training as `config` says; export at the end. `checked`: what `check_inputs` returned."""
-    import torch
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
-    import victorian_gpt
-    from victorian_gpt import VictorianGPTForCausalLM
-    from victorian_gpt.export import save_model_folder
-    from victorian_gpt.tokenization import train_tokenizer_from_source
-
-    from .data import PackedBlocks, PreparedBlocks, make_dataloader, token_byte_lengths
-    from .evaluate import eval_blocks, evaluate_blocks, lm_loss
-
-    started = time.time()
-    model_config, tokenizer = checked or check_inputs(config)
-    block_size = config.block_size or model_config.n_positions
-    output_dir = Path(config.output_dir)
-    resume_dir = find_checkpoint(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
-
-    # --- accelerator: CPU fallback, mixed precision, accumulation derived from the token budget per step
-    cpu = not torch.cuda.is_available()
-    mixed_precision = config.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if cpu and mixed_precision == "fp16":
-        warnings.warn("fp16 mixed precision needs a GPU; training in fp32 on CPU (mixed_precision='no')")
-        mixed_precision = "no"
-    # every rank ran check_inputs before this rendezvous, so none can see files another rank writes after it
-    state = PartialState(cpu=cpu, timeout=timedelta(seconds=config.ddp_timeout))
-    tokens_per_micro_step = config.micro_batch_size * block_size * state.num_processes
-    accumulation = max(1, round(config.tokens_per_step / tokens_per_micro_step))
-    if accumulation * tokens_per_micro_step != config.tokens_per_step and state.is_main_process:
-        warnings.warn(f"tokens_per_step={config.tokens_per_step} is not a multiple of micro_batch_size x block_size x "
-                      f"processes = {tokens_per_micro_step}; using {accumulation * tokens_per_micro_step} per step")
-    report_to = None if config.report_to == "none" else config.report_to
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
-                              log_with=report_to, project_dir=str(output_dir / "logs"))
-    device = accelerator.device
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not resume_dir:  # a fresh run (maybe --overwrite_output_dir): no stale checkpoints or metrics
-            shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
-            (output_dir / METRICS).unlink(missing_ok=True)
-        import yaml
-
-        (output_dir / "training_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-    # --- tokenizer: given, or trained once from the training split (main process; the others wait and load it)
-    if tokenizer is None:
-        tokenizer_dir = output_dir / "tokenizer"
-        if accelerator.is_main_process:
-            train_tokenizer_from_source(config.dataset, model_config.vocab_size, str(tokenizer_dir),
-                                        split=config.train_split, max_books=config.tokenizer_max_books,
-                                        model_max_length=model_config.n_positions)
-        accelerator.wait_for_everyone()
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-
-    # --- model and optimizer (same seed everywhere: identical initial weights; then per-rank dropout streams)
-    set_seed(config.seed)
-    model = VictorianGPTForCausalLM(model_config)
-    raw_model = model
-    if config.gradient_checkpointing:  # transformers 5.23 renamed gradient_checkpointing_enable
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    optimizer = build_optimizer(model, config, fused=device.type == "cuda")
-    if config.torch_compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    set_seed(config.seed, device_specific=True)
-
-    run = {"step": 0, "tokens_seen": 0, "books_seen": 0, "wall_time_s": 0.0, "train_time_s": 0.0, "nonfinite_in_row": 0,
-           "gradient_accumulation_steps": accumulation, "num_processes": accelerator.num_processes}
-    if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))  # weights, optimizer, scaler, RNG: after this nothing draws randomness
-        run.update(json.loads((resume_dir / TRAINER_STATE).read_text()))
-        if (run["gradient_accumulation_steps"], run["num_processes"]) != (accumulation, accelerator.num_processes):
-            raise ValueError(
-                f"{resume_dir} was written with {run['num_processes']} processes x accumulation "
-                f"{run['gradient_accumulation_steps']}; resuming needs the same layout to find the data position"
-            )
-        accelerator.print(f"resumed from {resume_dir} at step {run['step']}")
-
-    model_flops = flops_per_token(model_config, block_size)
-    peak, _ = peak_flops(device)  # before the data worker starts competing for the cores
-
-    # --- data: this rank's endless block stream, positioned after the blocks it has already trained on
-    skip = run["step"] * accumulation * config.micro_batch_size
-    if config.prepared_data:
-        train_data = PreparedBlocks(config.prepared_data, config.train_split, block_size, accelerator.process_index,
-                                    accelerator.num_processes, seed=config.seed, skip_blocks=skip)
-    else:
-        train_data = PackedBlocks(config.dataset, config.train_split, tokenizer, block_size,
-                                  accelerator.process_index, accelerator.num_processes, sharding=config.data_sharding,
-                                  shuffle_buffer=config.shuffle_buffer, seed=config.seed, skip_blocks=skip)
-    batches = iter(make_dataloader(train_data, config.micro_batch_size, config.dataloader_num_workers))
-    byte_lengths = token_byte_lengths(tokenizer)
-    eval_batch = config.per_device_eval_batch_size or config.micro_batch_size
-
-    def evaluate(split):
-        blocks = eval_blocks(config.dataset, split, tokenizer, block_size, config.max_eval_samples,
-                             accelerator.process_index, accelerator.num_processes, config.prepared_data)
-        return evaluate_blocks(raw_model, blocks, byte_lengths, eval_batch, device, accelerator)
-
-    # --- logging
-    history: list[dict] = []
-    metrics_path = output_dir / METRICS
-    if accelerator.is_main_process and metrics_path.exists():  # resuming: keep what led up to the checkpoint
-        history = [h for h in map(json.loads, metrics_path.read_text().splitlines()) if h["step"] <= run["step"]]
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    if report_to:
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict().items()}
-        accelerator.init_trackers("victorian-gpt", config=hparams)
-
-    def record(entry):
-        if accelerator.is_main_process:
-            history.append(entry)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
-
-    fingerprints = None
-    if config.log_data_fingerprints:
-        fingerprints = (output_dir / f"data_fingerprints.rank{accelerator.process_index}.jsonl").open("a")
-
-    def run_eval(step):
-        result = evaluate(config.validation_split)
-        samples = generate_samples(raw_model, tokenizer, config, device) if accelerator.is_main_process else []
-        record({"step": step, "eval": result})
-        accelerator.log({f"eval/{k}": v for k, v in result.items() if v is not None}, step=step)
-        if samples:
-            accelerator.log({f"samples/{i}": s for i, s in enumerate(samples)}, step=step)
-            for s in samples:
-                tqdm.write(f"  sample> {s!r}")
-        if accelerator.is_main_process:
-            tqdm.write(f"step {step}: validation loss {result['loss']:.4f}, ppl {result['perplexity']:.2f}, "
-                       f"bits/byte {result['bits_per_byte']:.4f}")
-        return result
-
-    tokens_per_step = accumulation * tokens_per_micro_step
-    if run["step"] == 0 and config.eval_on_start and config.max_steps > 0:
-        run_eval(0)
-
-    # --- the loop
-    model.train()
-    budget_s = config.max_train_minutes * 60 if config.max_train_minutes else None
-    if budget_s is None:
-        progress = tqdm(total=config.max_steps, initial=run["step"], desc="train", unit="step",
-                        disable=not accelerator.is_main_process, dynamic_ncols=True)
-    else:  # the bar counts seconds of training time
-        progress = tqdm(total=round(budget_s), initial=round(run["train_time_s"]), desc="train (seconds)",
-                        unit="s", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    stopped_by = None
-    # the training clock every rank agrees on: rank 0's, carried by the per-step all-reduce
-    clock = run["train_time_s"]
-    segment_start, segment_tokens = time.time(), 0
-    with Interrupt() as interrupt:
-        while run["step"] < config.max_steps and (budget_s is None or clock < budget_s):
-            step_start = time.time()
-            factor = lr_factor(run["step"], config, clock)
-            set_learning_rates(optimizer, factor)
-            lr = config.learning_rate * factor
-            loss_sum = torch.zeros((), device=device)
-            books = -1
-            for _ in range(accumulation):
-                batch = next(batches)
-                block = batch["input_ids"].to(device, non_blocking=True)
-                books = max(books, int(batch["book"].max()))
-                if fingerprints is not None:
-                    for row in batch["input_ids"]:
-                        fingerprints.write(json.dumps({"step": run["step"], "block": hash_block(row)}) + "\n")
-                with accelerator.accumulate(model):  # no DDP all-reduce until the last micro-step
-                    with accelerator.autocast():
-                        loss = lm_loss(model, block)
-                    accelerator.backward(loss)  # divided by the accumulation steps inside
-                loss_sum += loss.detach()
-            # one small all-reduce carries the loss, non-finite flags and interrupt requests of every rank
-            clock_rank0 = run["train_time_s"] + time.time() - step_start if accelerator.is_main_process else 0.0
-            flags = torch.stack([loss_sum / accumulation, torch.tensor(float(interrupt.requested), device=device),
-                                 torch.tensor(float(books + 1), device=device),
-                                 torch.tensor(clock_rank0, dtype=loss_sum.dtype, device=device)])
-            flags = accelerator.reduce(flags, reduction="sum") if accelerator.num_processes > 1 else flags
-            step_loss, interrupted = flags[0].item() / accelerator.num_processes, flags[1].item() > 0
-            clock = flags[3].item()
-            if math.isfinite(step_loss):
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                run["nonfinite_in_row"] = 0
-            else:
-                run["nonfinite_in_row"] += 1
-                grad_norm = torch.tensor(float("nan"))
-                warnings.warn(f"step {run['step'] + 1}: non-finite loss {step_loss}; skipping the update "
-                              f"({run['nonfinite_in_row']} in a row, limit {config.max_nonfinite_steps})")
-            optimizer.zero_grad(set_to_none=True)
-            run["step"] += 1
-            run["tokens_seen"] += tokens_per_step
-            # distinct books reached so far: ranks either share one stream ("blocks") or each read their own books
-            books_now = flags[2].item() / (accelerator.num_processes if config.data_sharding == "blocks" else 1)
-            run["books_seen"] = max(run["books_seen"], int(round(books_now)))
-            if run["nonfinite_in_row"] > config.max_nonfinite_steps:
-                stopped_by = "nonfinite"
-                break
-            step_time = time.time() - step_start
-            # rank 0 keeps its full clock (saved in checkpoints); the others follow the agreed one
-            run["train_time_s"] = run["train_time_s"] + step_time if accelerator.is_main_process else clock
-            segment_tokens += tokens_per_step
-            entry = {"step": run["step"], "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                     "step_time_s": step_time, "train_time_s": round(run["train_time_s"], 3), "time": time.time()}
-            record(entry)
-            if run["step"] % config.logging_steps == 0 or run["step"] == 1:
-                # over the last logging window, so compilation and evaluation pauses age out
-                tokens_per_s = segment_tokens / (time.time() - segment_start)
-                segment_start, segment_tokens = time.time(), 0
-                mfu = tokens_per_s * model_flops / (peak * accelerator.num_processes)
-                accelerator.log({"train/loss": step_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
-                                 "train/tokens_per_s": tokens_per_s, "train/mfu": mfu}, step=run["step"])
-                progress.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
-                                     mfu=f"{100 * mfu:.1f}%", mem=memory_used(device), refresh=False)
-            progress.update(1 if budget_s is None else step_time)
-            if (config.eval_steps and run["step"] % config.eval_steps == 0 and run["step"] < config.max_steps
-                    and (budget_s is None or clock < budget_s)):
-                run_eval(run["step"])
-                segment_start, segment_tokens = time.time(), 0  # the pause is not training throughput
-            periodic = config.save_steps and run["step"] % config.save_steps == 0 and not run["nonfinite_in_row"]
-            if interrupted or periodic:  # no periodic save inside a non-finite streak: it could prune good ones
-                run["wall_time_s"] += time.time() - started
-                started = time.time()
-                path = save_checkpoint(accelerator, output_dir, run, config.save_total_limit)
-                if interrupted:
-                    progress.close()
-                    accelerator.print(f"interrupted: saved {path}; resume with --resume_from_checkpoint latest")
-                    stopped_by = "interrupt"
-                    break
-    progress.close()
-    if fingerprints is not None:
-        fingerprints.close()
-    run["wall_time_s"] += time.time() - started
-    if stopped_by == "nonfinite":
-        accelerator.end_training()
-        raise NonFiniteLossError(f"{run['nonfinite_in_row']} non-finite losses in a row at step {run['step']}; stopped "
-                           "without saving (the last checkpoint is the last good state)")
-    if stopped_by == "interrupt":
-        accelerator.end_training()
-        return {"interrupted": True, **run}
-
-    # --- final evaluation and export
-    final = {"validation": run_eval(run["step"])}
-    if config.test_split:
-        final["test"] = evaluate(config.test_split)
-        record({"step": run["step"], "test": final["test"]})
-    export_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        summary = {
-            "model_preset": config.model_preset,
-            "model_config": model_config.to_dict(),
-            "training_config": config.to_dict(),
-            "dataset": config.prepared_data or config.dataset,
-            "dataset_splits": {"train": config.train_split, "validation": config.validation_split,
-                               **({"test": config.test_split} if config.test_split else {})},
-            "books_seen": run["books_seen"] or None,
-            "tokens_seen": run["tokens_seen"],
-            "steps": run["step"],
-            "tokens_per_step": tokens_per_step,
-            "micro_batch_size": config.micro_batch_size,
-            "gradient_accumulation_steps": accumulation,
-            "num_processes": accelerator.num_processes,
-            "optimizer": config.optimizer,
-            "learning_rate": config.learning_rate,
-            **({"muon_learning_rate": config.muon_learning_rate if config.muon_learning_rate is not None
-                else config.learning_rate} if config.optimizer == "muon" else {}),
-            "lr_schedule": config.lr_scheduler_type,
-            "warmup_steps": config.warmup_steps,
-            "weight_decay": config.weight_decay,
-            "max_grad_norm": config.max_grad_norm,
-            "mixed_precision": accelerator.mixed_precision,
-            "hardware": hardware_name(accelerator),
-            "wall_time_s": round(run["wall_time_s"], 1),
-            "train_time_s": round(run["train_time_s"], 1),
-            "max_train_minutes": config.max_train_minutes,
-            "eval": final,
-            "loss_curve": "loss_curve.png",
-            "transformers_version": __import__("transformers").__version__,
-            "torch_version": torch.__version__.split("+")[0],
-            "victorian_gpt_version": victorian_gpt.__version__,
-        }
-        extra = {"training_summary.json": json.dumps(summary, indent=2).encode(),
-                 "loss_curve.png": plot_loss_curve(history)}
-        save_model_folder(raw_model, tokenizer, export_dir, extra_files=extra)
-        accelerator.print(f"exported {export_dir}: validation bits/byte {final['validation']['bits_per_byte']:.4f}, "
-                          f"{run['tokens_seen']:,} tokens in {run['wall_time_s']:.0f}s")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return {"interrupted": False, "export_dir": str(export_dir), **run, "eval": final}
-
-
 def hash_block(block) -> str:
     import hashlib
 
@@ -576,7 +712,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}={field.default if field.default is not dataclasses.MISSING else '{}'}" for name, field in FIELDS.items()
         ) + ". max_train_minutes counts the time of the training steps only (data, forward, backward, optimizer), "
         "not evaluation, samples or checkpoint saves, so runs compare at equal compute; the schedule then follows that "
-        "clock and max_steps only caps the run. Multi-GPU / mixed precision: accelerate launch --config_file "
+        "clock and max_steps only caps the run. SIGTERM or SIGINT (to this process, to each rank, or to accelerate "
+        "launch, which passes it on) finishes the step, saves a checkpoint and exits with status 130; resume with "
+        "--resume_from_checkpoint latest. Multi-GPU / mixed precision: accelerate launch --config_file "
         "accelerate_config.yaml -m training.train --config ...",
     )
     parser.add_argument("--config", default=None, help="a YAML training config (training/configs/*.yaml)")
@@ -587,7 +725,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         parser.error(str(error))  # exit status 2 with the message, before any compute
     try:
-        result = train(config, checked)
+        # an outer handler outlives train()'s: a rank that has saved and is tearing down must not die of the
+        # signal the launcher passes on when another rank has already exited
+        with Interrupt():
+            result = train(config, checked)
     except NonFiniteLossError as error:
         print(f"victorian-gpt train: error: {error}", file=sys.stderr)
         return 1
