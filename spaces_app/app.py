@@ -149,19 +149,23 @@ def make_generate(backend):
         seed = parse_seed(seed)
         if do_sample and seed is None:
             seed = _fresh_seeds.randrange(2**32)  # short enough to type back into the box
-        controls = dict(
-            max_new_tokens=int(max_new_tokens),
-            do_sample=do_sample,
-            temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=float(top_p),
-            repetition_penalty=float(repetition_penalty),
-            seed=seed if do_sample else None,  # greedy decoding draws nothing
-        )
+        try:
+            controls = dict(
+                max_new_tokens=int(max_new_tokens),
+                do_sample=do_sample,
+                temperature=float(temperature),
+                top_k=int(top_k),
+                top_p=float(top_p),
+                repetition_penalty=float(repetition_penalty),
+                seed=seed if do_sample else None,  # greedy decoding draws nothing
+            )
+        except (TypeError, ValueError) as error:
+            raise gr.Error(f"Every setting needs a number: {error}") from error
         record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=backend.source, prompt=prompt,
                       **controls, generated_text="", stopped=True)
-        # The record goes out with the text; the event that follows (after the end or Stop) adds it to the history.
-        # The text is held back by one update so that the last update can carry `stopped=False`.
+        # Each update carries this generation's record; the event that follows the end or a Stop adds the last one
+        # to the history. The first update clears the box and replaces the record a failed generation may have left;
+        # the text is then held back by one update so that the last one can say `stopped=False`.
         yield "", record
         text = None
         try:
