@@ -817,6 +817,7 @@ class Engine:
         self._reserved = 0
         self._steps_since_admission = 0
         self.steps = 0  # decode steps so far (for tests and benchmarks)
+        self.peak_batch_size = 0  # the most sequences decoded together so far
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
@@ -1018,6 +1019,7 @@ class Engine:
             return
         self._mask = mask
         self.steps += 1
+        self.peak_batch_size = max(self.peak_batch_size, len(rows))
         self._steps_since_admission += 1
         leaving = []
         for i, generation in enumerate(rows):

@@ -1,17 +1,21 @@
 """`victorian-gpt serve`: Text Generation Inference's HTTP API, checked with TGI's own clients on 127.0.0.1.
 
-One server process (the real console entry point) serves a random small export for the whole module; its log is
-read to see that a client which hangs up really stops its generation.
+One server process (the real console entry point, with its batching engine) serves a random small export for the
+whole module; its log is read to see that a client which hangs up really stops its generation, and /proc to see that
+nothing is left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -32,11 +36,20 @@ def server(small_export, tmp_path_factory):
             stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    server_pids[url] = proc.pid
     try:
         wait_for_http(url + "/health", proc, timeout=120, log=log)
         yield url, log
     finally:
         stop_process(proc)
+
+
+server_pids: dict[str, int] = {}
+
+
+def server_threads(url: str) -> int:
+    status = Path(f"/proc/{server_pids[url]}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +96,10 @@ def test_info_and_health(server):
     info = requests.get(url + "/info", timeout=10).json()
     assert info["max_total_tokens"] == 1024 and info["max_input_tokens"] == 1023
     assert info["model_pipeline_tag"] == "text-generation"
+    # the batching limits, under the names of TGI's launcher flags
+    assert info["max_concurrent_requests"] == 128 and info["max_batch_size"] == 32
+    assert info["max_batch_total_tokens"] == 16384 and info["max_batch_prefill_tokens"] == 256
+    assert info["waiting_served_ratio"] == 0.3 and info["max_waiting_tokens"] == 20
 
 
 def test_text_generation_client_matches_generate(server, reference):
@@ -291,3 +308,94 @@ def test_generation_error_reaches_the_consumer(tiny_export):
             pass
     assert time.monotonic() - start < 10 and len(generation.tokens) == 3
     assert textgen.active_generations() == 0
+
+
+def test_streams_that_hang_up_at_random_leave_the_rest_intact(server):
+    """Twelve concurrent streams, a third hanging up at random: the others equal their solo result, the server stays
+    healthy and its threads go back to what they were (the engine has one thread, whatever the load)."""
+    url, log = server
+    rng = random.Random(3)
+    # a first request makes the engine thread's OpenMP workers (a pool, not a leak); count after it
+    requests.post(url + "/generate", timeout=60, json={"inputs": PROMPT, "parameters": {"max_new_tokens": 2}})
+    threads_before = server_threads(url)
+    bodies = [{"inputs": f"{PROMPT}, said number {i},", "parameters": {
+        "max_new_tokens": 20, **({"do_sample": True, "top_k": 50, "seed": i} if i % 2 else {})}} for i in range(12)]
+    hang_ups = {i: rng.randint(1, 10) for i in rng.sample(range(12), 4)}
+
+    async def stream(client, i):
+        ids = []
+        async with client.stream("POST", url + "/generate_stream", json=bodies[i]) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    ids.append(json.loads(line[5:])["token"]["id"])
+                    if len(ids) == hang_ups.get(i):
+                        break
+        return ids
+
+    async def run():
+        import httpx
+
+        async with httpx.AsyncClient(timeout=120) as client:
+            together = await asyncio.gather(*(stream(client, i) for i in range(12)))
+            alone = [await stream(client, i) if i not in hang_ups else None for i in range(12)]
+        return together, alone
+
+    together, alone = asyncio.run(run())
+    for i in range(12):
+        if i in hang_ups:
+            assert len(together[i]) == hang_ups[i]
+        else:
+            assert together[i] == alone[i] and len(alone[i]) == 20, i
+    assert requests.get(url + "/health", timeout=10).status_code == 200
+    deadline = time.monotonic() + 10
+    while server_threads(url) != threads_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server_threads(url) == threads_before
+
+
+@pytest.mark.parametrize("engine", ["batch", "threads"])
+def test_overload_is_429_not_a_hang(small_export, engine):
+    """Past --max-concurrent-requests a request is refused at once with TGI's 429, by either engine."""
+    import httpx
+    import uvicorn
+
+    from spaces_app import textgen
+    from spaces_app.server import create_app
+
+    model, tokenizer = textgen.load_model(str(small_export))
+    model.generation_config.eos_token_id = None  # streams that only end when told to
+    port = free_port()
+    app = create_app(model, tokenizer, model_id="small", max_concurrent_requests=2, engine=engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", timeout=60)
+
+        async def run():
+            async with httpx.AsyncClient(timeout=60) as client:
+                long = {"inputs": PROMPT, "parameters": {"max_new_tokens": 900}}
+                async with client.stream("POST", url + "/generate_stream", json=long) as first, \
+                        client.stream("POST", url + "/generate_stream", json=long) as second:
+                    lines = first.aiter_lines(), second.aiter_lines()  # kept: a dropped iterator hangs up
+                    await anext(lines[0]), await anext(lines[1])  # both are running
+                    start = time.monotonic()
+                    refused = await client.post(url + "/generate", json={"inputs": PROMPT})
+                    return refused, time.monotonic() - start
+
+        refused, seconds = asyncio.run(run())
+        assert refused.status_code == 429 and seconds < 5
+        assert refused.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+        # the two hung-up streams leave; a slot is free again
+        deadline = time.monotonic() + 20
+        while textgen.active_generations() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = requests.post(url + "/generate", timeout=60, json={"inputs": PROMPT,
+                                                                     "parameters": {"max_new_tokens": 3}})
+        assert answer.status_code == 200 and answer.json()["generated_text"]
+        info = requests.get(url + "/info", timeout=10).json()
+        assert info["max_concurrent_requests"] == 2 and ("max_batch_size" in info) == (engine == "batch")
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -1,0 +1,136 @@
+"""Batching in one process (no HTTP): our engine vs one generate() thread per request vs transformers' continuous
+batching (`model.generate_batch`, `ContinuousBatchingManager`), at the 124M shape on CPU.
+
+For 1 and 8 concurrent requests (greedy, EOS off, `--new-tokens` each, prompts of different lengths) it times:
+- `threads`: each request a `textgen.Generation` (one `generate()` thread each): the server before the engine;
+- `engine`: all requests through one `textgen.Engine`;
+- `cb_ours` / `cb_reference`: transformers' `generate_batch` (paged attention, its own scheduler) on our model and on
+  `GPT2LMHeadModel` of the same shape;
+- `generate_batch1`: plain `generate()` of the first request alone (the single-stream reference).
+Prints one JSON line per request count: aggregate tokens/s of each (median over `--repeats` alternating rounds),
+`ratio` = engine / threads, and how many requests each gave the tokens of `generate()` of that request alone.
+
+    python bench/bench_batching.py [--preset gpt2-124m] [--streams 1 8] [--new-tokens 32] [--repeats 3]
+        [--no-continuous-batching]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import build_pair, emit, environment
+
+from victorian_gpt import PRESETS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from spaces_app import textgen  # noqa: E402
+
+
+class _Tokenizer:
+    """Just enough of a tokenizer for textgen's streamer (ids in, ids out): these benchmarks time the model."""
+
+    all_special_ids = [0]
+    model_max_length = 2048
+
+    def decode(self, ids, **kwargs):
+        return " ".join(str(i) for i in ids)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gpt2-124m", choices=sorted(PRESETS))
+    parser.add_argument("--streams", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-continuous-batching", dest="cb", action="store_false",
+                        help="skip transformers' generate_batch")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+    shape = {k: PRESETS[args.preset][k] for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")}
+    ours, reference = build_pair(**shape)
+    ours.eval(), reference.eval()
+    for model in (ours, reference):
+        model.generation_config.eos_token_id = None
+        model.generation_config.pad_token_id = 0
+    tokenizer = _Tokenizer()
+    limits = textgen.Limits(max_input_tokens=shape["n_positions"] - 1, max_total_tokens=shape["n_positions"])
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2, shape["vocab_size"], (12 + 5 * i,), generator=generator).tolist() for i in range(64)]
+    params = textgen.GenerationParameters(max_new_tokens=args.new_tokens)
+    engine = textgen.Engine(ours, tokenizer, limits=limits)
+
+    def solo(prompt):
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = ours.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                                min_new_tokens=args.new_tokens, do_sample=False, repetition_penalty=1.0,
+                                eos_token_id=None, pad_token_id=0)
+        return out[0, len(prompt):].tolist()
+
+    def run_threads(batch):
+        generations = [textgen.Generation(ours, tokenizer, p, params) for p in batch]
+        return [[t.id for t in g] for g in generations]
+
+    def run_engine(batch):
+        generations = [engine.submit(p, params) for p in batch]
+        return [[t.id for t in g] for g in generations]
+
+    def run_cb(model, batch):
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+        results = model.generate_batch(batch, generation_config=config, max_new_tokens=args.new_tokens)
+        return [list(r.generated_tokens) for r in results.values()]
+
+    for streams in args.streams:
+        batch = prompts[:streams]
+        expected = [solo(p) for p in batch]
+        cases = {"threads": lambda: run_threads(batch), "engine": lambda: run_engine(batch),
+                 "generate_batch1": lambda: [solo(batch[0])]}
+        if args.cb:
+            cases["cb_ours"] = lambda: run_cb(ours, batch)
+            cases["cb_reference"] = lambda: run_cb(reference, batch)
+        times = {name: [] for name in cases}
+        agree = {}
+        for round_ in range(args.repeats + 1):  # round 0 warms up
+            for name, case in cases.items():
+                start = time.perf_counter()
+                outputs = case()
+                elapsed = time.perf_counter() - start
+                if round_:
+                    times[name].append(elapsed)
+                if name != "cb_reference" and name != "generate_batch1":
+                    agree[name] = f"{sum(a == b for a, b in zip(outputs, expected))}/{streams}"
+        tokens = {name: (1 if name == "generate_batch1" else streams) * args.new_tokens for name in cases}
+        rate = {name: tokens[name] / statistics.median(t) for name, t in times.items()}
+        emit({
+            "bench": "batching",
+            "shape": args.preset,
+            "streams": streams,
+            "new_tokens": args.new_tokens,
+            "prompt_tokens": [len(p) for p in batch],
+            **{f"{name}_tokens_per_s": round(value, 1) for name, value in rate.items()},
+            "ratio": round(rate["engine"] / rate["threads"], 3),
+            "ratio_of": "engine / threads aggregate tokens/s",
+            "engine_vs_generate_batch1": round(rate["engine"] / rate["generate_batch1"], 3) if streams == 1 else None,
+            "equal_to_solo_generate": agree,
+            "repeats": args.repeats,
+            "threads_alive": threading.active_count(),
+            **environment(),
+        })
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""textgen.Engine, the batching engine behind `victorian-gpt serve`, and the int8 CPU path, on small real models.
+
+Every comparison is against plain `model.generate()` (or `textgen.Generation`, which runs it) on the same weights.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from spaces_app import textgen
+
+PROMPTS = [
+    "It was a dark and stormy night; the rain fell in torrents",
+    "Mr. Pickwick",
+    "The fog lay thick upon the river, and the lamplighter had scarcely begun his round, when",
+    "A",
+    "My dear Mrs. Fairfax, I write to you from the parsonage",
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(small_export):
+    model, tokenizer = textgen.load_model(str(small_export))
+    return model, tokenizer, textgen.Limits.for_model(model, tokenizer)
+
+
+@pytest.fixture
+def engine(loaded):
+    model, tokenizer, limits = loaded
+    engine = textgen.Engine(model, tokenizer, limits=limits)
+    yield engine
+    engine.close()
+
+
+def generate_ids(loaded, prompt, max_new_tokens, repetition_penalty=1.0):
+    model, tokenizer, _ = loaded
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                         top_k=None, top_p=None, temperature=None, repetition_penalty=repetition_penalty)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def submit(engine, loaded, prompt, **parameters):
+    _, tokenizer, limits = loaded
+    return engine.submit(*textgen.prepare_request(tokenizer, prompt, limits, **parameters))
+
+
+def drain(generation) -> list[int]:
+    return [token.id for token in generation]
+
+
+def test_greedy_matches_generate_alone_and_in_a_batch(engine, loaded):
+    penalties = [1.0, 1.3, 1.0, 1.2, 1.0]
+    expected = [generate_ids(loaded, p, 24, r) for p, r in zip(PROMPTS, penalties)]
+    alone = submit(engine, loaded, PROMPTS[0], max_new_tokens=24)
+    assert drain(alone) == expected[0] and alone.finish_reason == "length"
+    assert all(t.logprob is not None and t.logprob <= 0 for t in alone.tokens)
+    assert alone.tokens[-1].last and not any(t.last for t in alone.tokens[:-1])
+
+    # staggered: later requests join a batch already decoding, with other prompt lengths (left padding)
+    generations = []
+    for prompt, penalty in zip(PROMPTS, penalties):
+        generations.append(submit(engine, loaded, prompt, max_new_tokens=24, repetition_penalty=penalty))
+        time.sleep(0.01)
+    assert [drain(g) for g in generations] == expected
+    assert engine.peak_batch_size > 1  # they really decoded together
+    assert engine.in_flight() == 0 and textgen.active_generations() == 0
+
+
+def test_seeded_sampling_repeats_itself_and_matches_generate(engine, loaded):
+    model, tokenizer, limits = loaded
+    kwargs = dict(max_new_tokens=20, temperature=1.3, top_k=50, top_p=0.95, typical_p=0.9, repetition_penalty=1.2)
+    input_ids, params = textgen.prepare_request(tokenizer, PROMPTS[0], limits, seed=7, **kwargs)
+    with textgen.Generation(model, tokenizer, input_ids, params) as generation:  # generate() in a thread
+        expected = drain(generation)
+    batch = [submit(engine, loaded, p, seed=7 if i == 0 else i, **kwargs) for i, p in enumerate(PROMPTS)]
+    assert drain(batch[0]) == expected and batch[0].params.seed == 7
+    assert drain(submit(engine, loaded, PROMPTS[0], seed=7, **kwargs)) == expected
+    assert drain(submit(engine, loaded, PROMPTS[0], seed=8, **kwargs)) != expected
+
+
+def test_stop_sequence_and_chunked_prefill(loaded):
+    model, tokenizer, limits = loaded
+    long_prompt = " ".join(PROMPTS) * 2  # ~70 tokens, prefilled 16 at a time between decode steps
+    expected = generate_ids(loaded, long_prompt, 12)
+    with textgen.Engine(model, tokenizer, limits=limits, max_batch_prefill_tokens=16) as engine:
+        runner = submit(engine, loaded, PROMPTS[1], max_new_tokens=40)
+        chunked = submit(engine, loaded, long_prompt, max_new_tokens=12)
+        assert drain(chunked) == expected
+        assert drain(runner) == generate_ids(loaded, PROMPTS[1], 40)
+        text = tokenizer.decode(expected, skip_special_tokens=True)
+        stop = text[4:8]
+        stopped = submit(engine, loaded, long_prompt, max_new_tokens=12, stop=[stop])
+        drain(stopped)
+        assert stopped.finish_reason == "stop_sequence" and stopped.generated_text.endswith(stop)
+        assert text.startswith(stopped.generated_text)
+
+
+def test_cancelled_sequences_leave_and_nothing_leaks(loaded):
+    """Requests cancelled at random points leave the batch; the others still equal their solo result."""
+    model, tokenizer, limits = loaded
+    threads_before = threading.active_count()
+    expected = {i: generate_ids(loaded, p, 30) for i, p in enumerate(PROMPTS)}
+    rng = random.Random(0)
+    quitters = set(rng.sample(range(10), 4))
+    with textgen.Engine(model, tokenizer, limits=limits) as engine:
+        # quitters ask for far more than they will read, so they are still decoding when they hang up
+        generations = [submit(engine, loaded, PROMPTS[i % 5], max_new_tokens=900 if i in quitters else 30)
+                       for i in range(10)]
+        streams = {i: iter(g) for i, g in enumerate(generations)}
+        patience = {i: rng.randint(1, 5) for i in quitters}
+        results = {i: [] for i in streams}
+        while streams:  # read them in lockstep, as concurrent clients would
+            for i in list(streams):
+                token = next(streams[i], None)
+                if token is None:
+                    del streams[i]
+                    continue
+                results[i].append(token.id)
+                if i in quitters and len(results[i]) == patience[i]:
+                    streams.pop(i).close()  # closing the iterator cancels the request
+        for generation in generations:
+            assert generation.done.wait(10)
+        assert {i: results[i] for i in results if i not in quitters} == \
+            {i: expected[i % 5] for i in results if i not in quitters}
+        assert all(generations[i].state == "cancelled" and len(generations[i].streamer.token_ids) < 900
+                   for i in quitters)
+        assert engine.in_flight() == 0 and not engine._running and engine._cache is None
+        assert threading.active_count() == threads_before + 1  # the engine's own thread, nothing per request
+    assert textgen.active_generations() == 0
+    engine.thread.join(10)
+    assert threading.active_count() == threads_before
+
+
+def test_overload_is_refused_at_once(loaded):
+    model, tokenizer, limits = loaded
+    with textgen.Engine(model, tokenizer, limits=limits, max_concurrent_requests=2) as engine:
+        first = submit(engine, loaded, PROMPTS[0], max_new_tokens=50)
+        second = submit(engine, loaded, PROMPTS[1], max_new_tokens=50)
+        start = time.monotonic()
+        with pytest.raises(textgen.Overloaded):
+            submit(engine, loaded, PROMPTS[2], max_new_tokens=5)
+        assert time.monotonic() - start < 1
+        first.close(), second.close()
+        assert drain(submit(engine, loaded, PROMPTS[2], max_new_tokens=5))  # a slot is free again
+    with pytest.raises(ValueError, match="max_batch_total_tokens"):
+        textgen.Engine(model, tokenizer, limits=limits, max_batch_total_tokens=100)
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded):
+    model, tokenizer, limits = loaded
+    calls = {"n": 0}
+    forward = model.forward
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("boom at call 6")
+        return forward(*args, **kwargs)
+
+    with textgen.Engine(model, tokenizer, limits=limits) as engine:
+        model.forward = failing_forward
+        try:
+            generation = submit(engine, loaded, PROMPTS[0], max_new_tokens=20)
+            with pytest.raises(textgen.GenerationError, match="boom at call 6"):
+                drain(generation)
+            assert generation.state == "failed" and 0 < len(generation.tokens) < 20
+        finally:
+            del model.forward
+        assert drain(submit(engine, loaded, PROMPTS[0], max_new_tokens=5)) == generate_ids(loaded, PROMPTS[0], 5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "modern-tiny"])
+def test_int8_quantizes_conv1d_and_linear_layouts(preset, tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+    from transformers.pytorch_utils import Conv1D
+
+    from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
+    from victorian_gpt.export import save_model_folder
+
+    torch.manual_seed(0)
+    model = VictorianGPTForCausalLM(VictorianGPTConfig.from_preset(preset))
+    if not model.config.tie_word_embeddings:  # the modern head starts at zero: give it something to quantize
+        torch.nn.init.normal_(model.lm_head.weight, std=0.02)
+    folder = save_model_folder(model, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), tmp_path / preset)
+    fp32, tokenizer = textgen.load_model(str(folder))
+    int8, _ = textgen.load_model(str(folder), quantize="int8")
+    assert not any(isinstance(m, (torch.nn.Linear, Conv1D)) for m in int8.modules())
+    assert isinstance(int8.lm_head, textgen.Int8Linear)
+    assert int8.get_input_embeddings().weight.dtype == torch.float32  # embeddings stay float
+
+    ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference, quantized = fp32(ids).logits, int8(ids).logits
+    assert (quantized - reference).abs().max() < 0.05 * reference.abs().max()
+    # per-token activation scales and an exact integer product: a row's result does not depend on the batch
+    layer = int8.lm_head
+    rows = torch.randn(5, layer.in_features)
+    assert torch.equal(layer(rows)[2:3], layer(rows[2:3]))
+
+    limits = textgen.Limits.for_model(int8, tokenizer)
+    input_ids, params = textgen.prepare_request(tokenizer, PROMPTS[0], limits, max_new_tokens=8)
+    with textgen.Engine(int8, tokenizer, limits=limits) as engine:
+        batched = drain(engine.submit(input_ids, params))
+    with textgen.Generation(int8, tokenizer, input_ids, params) as generation:
+        assert drain(generation) == batched
+    with pytest.raises(ValueError, match="unknown quantization"):
+        textgen.load_model(str(folder), quantize="int4")
