@@ -22,6 +22,7 @@ which can flip a near-tie), counted over all rounds.
 from __future__ import annotations
 
 import argparse
+import signal
 import asyncio
 import json
 import os
@@ -157,6 +158,7 @@ def main():
                         help="MODEL-ENGINE pairs to run side by side; `ratio` is the first over the second")
     parser.add_argument("--base-port", type=int, default=18400)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers this started
 
     from victorian_gpt.tokenization import train_tokenizer_from_source
 

@@ -15,10 +15,12 @@ Prints one JSON line: completed / disconnected streams, how many completed strea
 from __future__ import annotations
 
 import argparse
+import signal
 import asyncio
 import json
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +88,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=18480)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers this started
 
     from bench_server import TOKENIZER_SOURCE
 

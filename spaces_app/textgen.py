@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
+from transformers import (  # noqa: I001
     AutoModelForCausalLM,
     AutoTokenizer,
     DynamicCache,
@@ -72,6 +72,7 @@ from transformers import (
     TopPLogitsWarper,
     TypicalLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 
 logger = logging.getLogger("victorian_gpt.serving")
 
@@ -971,7 +972,7 @@ class Engine:
                 start = generation.prefilled
                 chunk = generation.input_ids[start : start + budget]
                 if generation.cache is None:
-                    generation.cache = DynamicCache(config=self.model.config)
+                    generation.cache = _new_cache(self.model.config)
                 logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
                                        [list(range(start, start + len(chunk)))], generation.cache)
                 generation.prefilled += len(chunk)
@@ -1097,6 +1098,42 @@ class Engine:
             if not generation.done.is_set():
                 generation.cache = None
                 self._fail(generation, error)
+
+
+class _GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with room to grow, so that appending a token
+    writes it in place instead of copying the whole cache (`torch.cat`) at every step: in a batch of B sequences of
+    L tokens that copy is B x L x layers, and it would grow with each of them. When the engine replaces `keys` and
+    `values` (joining, leaving, trimming), the next update copies them into fresh buffers once."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys = self.keys
+        if not self.is_initialized or keys is None or keys.numel() == 0:
+            return super().update(key_states, value_states, *args, **kwargs)
+        length, new = keys.shape[-2], key_states.shape[-2]
+        buffers = getattr(self, "_room", None)
+        if (buffers is None or buffers[0].data_ptr() != keys.data_ptr() or buffers[0].stride() != keys.stride()
+                or buffers[0].shape[:2] != keys.shape[:2] or buffers[0].shape[-2] < length + new):
+            capacity = length + new + max(64, length // 2)
+            buffers = tuple(torch.empty(*t.shape[:2], capacity, t.shape[-1], dtype=t.dtype, device=t.device)
+                            for t in (keys, self.values))
+            buffers[0][:, :, :length] = keys
+            buffers[1][:, :, :length] = self.values
+            self._room = buffers
+        buffers[0][:, :, length : length + new] = key_states
+        buffers[1][:, :, length : length + new] = value_states
+        self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
+        return self.keys, self.values
+
+
+def _new_cache(config) -> DynamicCache:
+    """A `DynamicCache` for `config` whose plain layers grow in place (`_GrowingLayer`)."""
+    cache = DynamicCache(config=config)
+    layers = getattr(cache, "layers", None) or []
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer:
+            layers[i] = _GrowingLayer()
+    return cache
 
 
 def _cache_layers(cache) -> list:
