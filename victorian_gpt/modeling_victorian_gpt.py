@@ -58,11 +58,17 @@ def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, pas
                               cache_position=cache_position, past_key_values=cache, position_ids=position_ids)
 
 
-@functools.lru_cache(maxsize=None)
+_UPDATE_TAKES_KWARGS: dict = {}
+
+
 def _update_takes_kwargs(cache_class) -> bool:
     """transformers 5 caches take the attention kwargs in `update` (paged caches need them); 4.x ones do not."""
-    parameters = inspect.signature(cache_class.update).parameters
-    return "kwargs" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    known = _UPDATE_TAKES_KWARGS.get(cache_class)
+    if known is None:
+        parameters = inspect.signature(cache_class.update).parameters
+        known = "kwargs" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        _UPDATE_TAKES_KWARGS[cache_class] = known
+    return known
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -296,7 +302,8 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
         seq_len = inputs_embeds.shape[1]
         device = inputs_embeds.device
 
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache is None:  # a training forward keeps no KV cache unless asked to
+            use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False  # recomputation would write the cache twice
         if isinstance(cache, (tuple, list)):
