@@ -150,6 +150,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-torchao", dest="torchao", action="store_false", help="skip torchao's configs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core); 1 is steadier on a busy machine")
     parser.add_argument("--export", default=None, help="a trained export folder: bits per byte fp32 vs int8")
     parser.add_argument("--dataset", default=SAMPLE)
     parser.add_argument("--split", default="test")
@@ -157,6 +159,8 @@ def main():
     parser.add_argument("--max-eval-blocks", type=int, default=None, help="default: the whole split")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for preset in args.presets:
         emit(speed(preset, args))
     if args.export:

@@ -306,7 +306,7 @@ class Int8Linear(nn.Module):
         qweight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
         self.register_buffer("qweight", qweight.contiguous())  # (out, in): its .t() is the column-major B of _int_mm
         self.register_buffer("weight_scale", scale)
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False) if bias is not None else None
 
     @classmethod
     def from_module(cls, module: nn.Module) -> "Int8Linear":
@@ -321,16 +321,18 @@ class Int8Linear(nn.Module):
         return self.qweight.as_subclass(Int8Weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Few, simple ops: at one token per step each op's fixed cost counts as much as its arithmetic.
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
         if rows.device.type == "cpu":
-            row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12) / 127
-            qrows = torch.round(rows / row_scale).clamp_(-127, 127).to(torch.int8)
-            out = torch._int_mm(qrows, self.qweight.t()).float() * (row_scale * self.weight_scale)
+            row_scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).div_(127).clamp_(min=1e-12)
+            qrows = torch.round(rows / row_scale).to(torch.int8)  # |rows / row_scale| <= 127 by construction
+            out = torch._int_mm(qrows, self.qweight.t()).float().mul_(row_scale)
         else:  # no fast integer GEMM for small batches elsewhere: dequantize (int8 is meant for the CPU)
             out = rows @ (self.qweight.float() * self.weight_scale[:, None]).t()
-        if self.bias is not None:
-            out = out + self.bias.float()
+            out = out if self.bias is None else out + self.bias.float()
+            return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        out = out.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, out, self.weight_scale)
         return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
