@@ -200,13 +200,19 @@ def test_training_on_prepared_uint16_shards(tmp_path, capsys, pg19_tiny, tiny_to
     assert "needs the tokenizer it was prepared with" in _error(
         capsys, tiny_args(tmp_path / "o", pg19_tiny, "--prepared_data", str(prepared)))
     out = tmp_path / "run"
-    run([sys.executable, "-m", "training.train", *tiny_args(out, pg19_tiny, "--prepared_data", str(prepared),
-         "--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "6", "--eval_steps", "3", "--max_eval_samples", "16")])
+    args = tiny_args(out, pg19_tiny, "--prepared_data", str(prepared), "--tokenizer", str(tiny_tokenizer_dir),
+                     "--max_steps", "6", "--eval_steps", "3", "--max_eval_samples", "16", "--save_steps", "3",
+                     "--model_overrides", "{resid_pdrop: 0.1}")
+    run([sys.executable, "-m", "training.train", *args])
     summary = json.loads((out / "model" / "training_summary.json").read_text())
     assert summary["dataset"] == str(prepared) and summary["steps"] == 6
     assert summary["eval"]["validation"]["tokens"] == 16 * 128
     losses = step_losses(out)
     assert len(losses) == 6 and losses[6] < losses[1]
+    # resumed from the step-3 checkpoint (its data state: the blocks used), the same per-step losses, bit for bit
+    (out / "model").rename(tmp_path / "first-export")
+    run([sys.executable, "-m", "training.train", *args, "--resume_from_checkpoint", str(out / "checkpoints" / "step_3")])
+    assert step_losses(out) == losses
 
 
 # ----------------------------------------------------------------------------------------------------------------------

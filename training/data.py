@@ -273,6 +273,7 @@ class PackedBlocks:
         self.endless, self.max_books, self.num_workers = endless, max_books, num_workers
         self._start_epoch(0)
         self.reader = {"epoch": 0, "dataset_state": None, "books_read": 0}  # where the reader resumes
+        self._loader = None
 
     # --- state
 
@@ -320,13 +321,22 @@ class PackedBlocks:
 
     # --- the stream
 
+    def close(self):
+        """Stop the DataLoader worker now (its SIGTERM is ignored, so it must be told: at interpreter exit
+        multiprocessing would otherwise wait for it forever)."""
+        loader, self._loader = self._loader, None
+        if loader is not None and hasattr(loader, "_shutdown_workers"):
+            loader._shutdown_workers()
+
     def _books(self):
+        self.close()
         reader = BookReader(self.source, self.split, self.tokenizer, self.rank, self.world_size, self.sharding,
                             endless=self.endless, max_books=self.max_books, start=dict(self.reader))
-        return iter(DataLoader(reader, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                               prefetch_factor=2 * TOKENIZE_BATCH_BOOKS if self.num_workers else None,
-                               generator=torch.Generator(),  # never draw from the global RNG (exact resume)
-                               worker_init_fn=_worker_ignores_signals if self.num_workers else None))
+        self._loader = iter(DataLoader(reader, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                                       prefetch_factor=2 * TOKENIZE_BATCH_BOOKS if self.num_workers else None,
+                                       generator=torch.Generator(),  # never draw from the global RNG (exact resume)
+                                       worker_init_fn=_worker_ignores_signals if self.num_workers else None))
+        return self._loader
 
     def _shuffle(self, item):
         """Put `item` in the buffer and return the block it displaces (None while the buffer fills)."""

@@ -19,7 +19,6 @@ import math
 import sys
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -38,7 +38,6 @@ from .checkpoint import (
     TRAINER_STATE,
     Interrupt,
     find_checkpoint,
-    list_checkpoints,
     save_checkpoint,
 )
 from .config import FIELDS, TrainingConfig, load_config, parse_overrides
@@ -176,20 +175,40 @@ def train(config: TrainingConfig, checked=None) -> dict:
     """Run (or resume) training as `config` says; export at the end. `checked`: what `check_inputs` returned."""
     with Interrupt() as interrupt:  # from the start: a signal during set-up is answered at the first step
         s = setup(config, checked)
-        if s.run["step"] == 0 and config.eval_on_start and config.max_steps > 0:
-            evaluate(s, 0)
-        stopped_by = train_loop(s, interrupt)
-    if s.fingerprints is not None:
-        s.fingerprints.close()
+        try:
+            if s.run["step"] == 0 and config.eval_on_start and config.max_steps > 0:
+                evaluate(s, 0)
+            stopped_by = train_loop(s, interrupt)
+        finally:
+            if hasattr(s.train_data, "close"):
+                s.train_data.close()  # the DataLoader worker, which ignores signals, must be told to go
+            if s.fingerprints is not None:
+                s.fingerprints.close()
     s.run["wall_time_s"] += time.time() - s.started
     if stopped_by == "nonfinite":
-        s.accelerator.end_training()
+        end_training(s)
         raise NonFiniteLossError(f"{s.run['nonfinite_in_row']} non-finite losses in a row at step {s.run['step']}; "
                                  "stopped without saving (the last checkpoint is the last good state)")
     if stopped_by == "interrupt":
-        s.accelerator.end_training()
+        end_training(s)
         return {"interrupted": True, **s.run}
     return export(s, early_stopped=stopped_by == "early_stopping")
+
+
+def end_training(s: Session):
+    """accelerate's `end_training` (trackers, then the process group), in an order that cannot deadlock.
+
+    Destroying the process group first would leave the DDP reducer holding the last reference to gloo's process
+    group: when it is freed, the group's destructor joins gloo's worker thread while holding the GIL, and that thread
+    may still be releasing the last collective's tensors, which needs the GIL (seen as a rank hanging after export,
+    about one run in thirty on a busy machine). So: free the DDP model first, give the worker thread a moment with
+    the GIL released, then destroy the group.
+    """
+    s.model = s.optimizer = None
+    s.accelerator.free_memory()  # the accelerator's references to the prepared model and optimizer
+    if s.accelerator.num_processes > 1:
+        time.sleep(0.2)
+    s.accelerator.end_training()
 
 
 # --- set-up
@@ -197,8 +216,6 @@ def train(config: TrainingConfig, checked=None) -> dict:
 
 def setup(config: TrainingConfig, checked=None) -> Session:
     """Accelerator, tokenizer, model and optimizer, then the checkpoint's state, this rank's data stream and logs."""
-    import torch
-
     from .evaluate import text_measures
 
     started = time.time()
@@ -225,9 +242,6 @@ def setup(config: TrainingConfig, checked=None) -> Session:
     open_train_data(s, data_state, resumed=resume_dir is not None)
     s.measures = text_measures(tokenizer)
     open_logs(s)
-    if s.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     return s
 
 
@@ -251,6 +265,9 @@ def make_accelerator(config: TrainingConfig, block_size: int):
     report_to = None if config.report_to == "none" else config.report_to
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
                               log_with=report_to, project_dir=str(Path(config.output_dir) / "logs"))
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return accelerator, accumulation
 
 
@@ -549,7 +566,7 @@ def export(s: Session, early_stopped: bool = False) -> dict:
     if acc.is_main_process:
         write_export(s, export_dir, final, exported_step, early_stopped)
     acc.wait_for_everyone()
-    acc.end_training()
+    end_training(s)
     return {"interrupted": False, "export_dir": str(export_dir), **run, "eval": final,
             "exported_step": exported_step, "early_stopped": early_stopped}
 
