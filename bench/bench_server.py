@@ -74,12 +74,14 @@ def build_exports(shape_name: str, tokenizer_dir: Path, root: Path) -> dict[str,
     return folders
 
 
-def start_server(folder: Path, port: int, log: Path, engine: str = "batch", extra=()) -> subprocess.Popen:
+def start_server(folder: Path, port: int, log: Path, engine: str = "batch", extra=(),
+                 threads: int | None = None) -> subprocess.Popen:
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "victorian_gpt.cli", "serve", str(folder), "--port", str(port),
              "--log-level", "warning", "--engine", engine, *extra],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, env=env,
         )
 
 
@@ -157,6 +159,9 @@ def main():
                         choices=["ours-batch", "ours-threads", "reference-batch", "reference-threads"],
                         help="MODEL-ENGINE pairs to run side by side; `ratio` is the first over the second")
     parser.add_argument("--base-port", type=int, default=18400)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS of the servers (default: torch's, one per core); 1 is steadier on a busy "
+                             "machine, and favours the thread-per-request server, whose threads can still use every core")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers this started
 
@@ -174,7 +179,7 @@ def main():
                     model, engine = name.split("-")
                     port = args.base_port + len(args.servers) * s + i
                     log = root / f"{shape_name}-{name}.log"
-                    servers[name] = (start_server(folders[model], port, log, engine), log)
+                    servers[name] = (start_server(folders[model], port, log, engine, threads=args.threads), log)
                     urls[name] = f"http://127.0.0.1:{port}"
                 for name, (proc, log) in servers.items():
                     wait_ready(urls[name], proc, log)
@@ -215,7 +220,7 @@ def main():
                             expected = [alone[i % streams] for i in range(len(runs))]
                             record[f"{name.replace('-', '_')}_flips"] = (
                                 f"{sum(a != b for a, b in zip(runs, expected))}/{len(runs)} streams")
-                    record.update(repeats=args.repeats, **environment())
+                    record.update(repeats=args.repeats, server_threads=args.threads or "default", **environment())
                     emit(record)
             finally:
                 for proc, _ in servers.values():
