@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=18480)
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers this started
 
@@ -100,7 +101,7 @@ def main():
         train_tokenizer_from_source(str(TOKENIZER_SOURCE), vocab_size=512, output_dir=str(root / "tokenizer"))
         folder = build_exports(args.shape, root / "tokenizer", root)["ours"]
         url, log = f"http://127.0.0.1:{args.port}", root / "serve.log"
-        proc = start_server(folder, args.port, log)
+        proc = start_server(folder, args.port, log, threads=args.threads)
         try:
             wait_ready(url, proc, log)
             asyncio.run(soak_round(url, args.streams, 8, random.Random(1)))  # warm-up, with hang-ups too
@@ -138,6 +139,7 @@ def main():
                 "baseline_rss_mib": baseline["rss_mib"],
                 "end_rss_mib": end["rss_mib"],
                 "aggregate_tokens_per_s": round(tokens / wall, 1),
+                "server_threads": args.threads or "default",
                 **environment(),
             })
         finally:
