@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -52,9 +53,11 @@ def token_stream(texts, tokenizer, eos_token_id: int, batch_books: int = TOKENIZ
 
 def encode_books(books, tokenizer, eos_token_id: int, batch_books: int = TOKENIZE_BATCH_BOOKS):
     """(text, tag) pairs -> (int32 tokens + EOS, tag), encoding `batch_books` books per call of the Rust tokenizer
-    (which parallelises across a batch; no per-call Python overhead, no max-length warnings)."""
+    (which parallelises across a batch; no per-call Python overhead, no max-length warnings). The first book goes
+    alone, so that a run (or a resumed run) waits for one book, not for a batch, before its first step."""
     backend = tokenizer.backend_tokenizer
     batch: list = []
+    size = 1
 
     def encode(batch):
         encodings = backend.encode_batch_fast([text for text, _ in batch], add_special_tokens=False)
@@ -66,9 +69,9 @@ def encode_books(books, tokenizer, eos_token_id: int, batch_books: int = TOKENIZ
 
     for book in books:
         batch.append(book)
-        if len(batch) == batch_books:
+        if len(batch) == size:
             yield from encode(batch)
-            batch = []
+            batch, size = [], batch_books
     if batch:
         yield from encode(batch)
 
@@ -523,9 +526,18 @@ def _worker_ignores_signals(worker_id):
     signal" in the training process in the middle of its checkpoint save. The training process handles the signal
     (finish the step, save, exit); the worker is shut down by its DataLoader, or leaves when its parent is gone."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def leave_with_parent():  # a parent killed outright (SIGKILL) cannot shut the worker down: leave on our own
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=leave_with_parent, daemon=True).start()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
