@@ -3,6 +3,7 @@
 # that has neither the Hub nor `datasets`: the data is prepared elsewhere into uint16 shards (runs/gpu-prep).
 #   bash bench/gpu_smoke.sh prepare   # here: Python stdlib source as throwaway PG19-format "books" -> runs/gpu-prep
 #   bash bench/gpu_smoke.sh run       # on the GPU: 40 steps, checkpoint at 20, then resume from 20; compares losses
+#   EXTRA="--optimizer muon --muon_learning_rate 0.02 --lr_scheduler_type warmup_stable_decay" bash bench/gpu_smoke.sh run
 set -euo pipefail
 PREP=${PREP:-runs/gpu-prep}
 if [ "${1:-run}" = prepare ]; then
@@ -26,7 +27,7 @@ fi
 OUT_DIR=${OUT_DIR:-/tmp/gpu-run}
 ARGS=(--config training/configs/gpt2-124m.yaml --prepared_data "$PREP/data" --tokenizer "$PREP/tokenizer"
       --max_steps 40 --tokens_per_step 262144 --micro_batch_size 16 --warmup_steps 10 --eval_steps 20
-      --max_eval_samples 32 --save_steps 20 --logging_steps 5 --output_dir "$OUT_DIR")
+      --max_eval_samples 32 --save_steps 20 --logging_steps 5 --output_dir "$OUT_DIR" ${EXTRA:-})
 accelerate launch --num_processes 1 --mixed_precision fp16 -m training.train "${ARGS[@]}" --overwrite_output_dir
 cp "$OUT_DIR/metrics.jsonl" "$OUT_DIR/metrics_full.jsonl"
 accelerate launch --num_processes 1 --mixed_precision fp16 -m training.train "${ARGS[@]}" \
