@@ -891,6 +891,10 @@ class Engine:
     def _loop(self):
         while True:
             with self._cond:
+                idle = not (self._closed or self._incoming or self._waiting or self._prefilling or self._running)
+            if idle:
+                _release_freed_memory()
+            with self._cond:
                 while not (self._closed or self._incoming or self._waiting or self._prefilling or self._running):
                     self._cond.wait()
                 if self._closed:
@@ -1136,6 +1140,24 @@ def _new_cache(config) -> DynamicCache:
         if type(layer) is DynamicLayer:
             layers[i] = _GrowingLayer()
     return cache
+
+
+def _release_freed_memory():
+    """Give memory freed by finished sequences back to the OS (glibc keeps it in its arenas otherwise, so a server's
+    resident size would stay at its busiest); called when the engine goes idle. A no-op elsewhere than glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _cache_layers(cache) -> list:
