@@ -105,7 +105,7 @@ def test_early_stopping_exports_the_best_checkpoint_which_pruning_keeps(tmp_path
 
 def test_a_time_budget_counts_training_steps_only_and_resumes_its_clock(tmp_path, pg19_tiny, tiny_tokenizer_dir):
     out = tmp_path / "timed"
-    budget_s = 3.0
+    budget_s = 2.0
     args = ["--tokenizer", str(tiny_tokenizer_dir), "--max_train_minutes", str(budget_s / 60), "--max_steps", "100000",
             "--eval_steps", "2", "--eval_on_start", "false", "--max_eval_samples", "8", "--num_samples", "0",
             "--save_steps", "1", "--save_total_limit", "100", "--lr_scheduler_type", "warmup_stable_decay",
