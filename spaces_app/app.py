@@ -3,10 +3,12 @@
     MODEL_ID=USER/victorian-gpt python spaces_app/app.py     # a Hub repo id or a local export folder
     TGI_URL=http://127.0.0.1:8080 python spaces_app/app.py   # stream from a TGI endpoint (e.g. `victorian-gpt serve`)
 
-Locally the model is loaded through the Auto classes with `trust_remote_code=True` and each request runs `generate()`
-in a background thread, streamed token by token (spaces_app/textgen.py). The Stop button, a closed tab or an error
-ends the Gradio generator, which cancels the generation at its next token. Environment: MODEL_ID, TGI_URL,
-CONCURRENCY_LIMIT (requests computed at once, default 2), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+Locally the model is loaded through the Auto classes with `trust_remote_code=True`, and every visitor's request goes
+through one batching engine (spaces_app/textgen.py, `textgen.Engine`): the running generations decode together, one
+token each per step, so several visitors share the cores' reading of the weights instead of competing for them. Each
+streams token by token. The Stop button, a closed tab or an error ends the Gradio generator, which takes its sequence
+out of the batch at the next step. Environment: MODEL_ID, TGI_URL, CONCURRENCY_LIMIT (generations decoded together,
+default 8), QUANTIZE (`int8`: int8 linear layers, the fast CPU path), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 
 Seed: an empty box (or no seed / None through the API) draws a fresh random seed for each press; a number gives the
 same text every time with the same settings. History: each finished or stopped generation of the visitor's session
@@ -36,7 +38,8 @@ except ImportError:  # on the Space, textgen.py sits beside app.py
 
 logger = logging.getLogger("victorian_gpt.space")
 
-CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "2"))
+CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "8"))  # the engine decodes these together
+QUANTIZE = os.environ.get("QUANTIZE") or None  # "int8": see textgen.quantize_int8
 
 EXAMPLES = [
     "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals,",
@@ -61,12 +64,15 @@ _fresh_seeds = random.SystemRandom()  # OS entropy: no other code's random.seed(
 class LocalBackend:
     """The model loaded in this process."""
 
-    def __init__(self, model_id: str):
-        self.model, self.tokenizer = textgen.load_model(model_id)
+    def __init__(self, model_id: str, quantize: str | None = QUANTIZE):
+        self.model, self.tokenizer = textgen.load_model(model_id, quantize=quantize)
         self.limits = textgen.Limits.for_model(self.model, self.tokenizer)
         self.defaults = textgen.sampling_defaults(self.model.generation_config)
         self.max_new_tokens = self.limits.max_total_tokens - 1
-        self.source = model_id
+        self.source = model_id + (f" ({quantize})" if quantize else "")
+        # Gradio's queue admits CONCURRENCY_LIMIT requests at once; the engine batches exactly those
+        self.engine = textgen.Engine(self.model, self.tokenizer, limits=self.limits,
+                                     max_batch_size=CONCURRENCY_LIMIT, max_concurrent_requests=CONCURRENCY_LIMIT)
 
     def stream(self, prompt: str, controls: dict) -> Iterator[str]:
         """The growing continuation; closing this generator cancels the generation."""
@@ -74,7 +80,7 @@ class LocalBackend:
             self.tokenizer, prompt, self.limits, **textgen.control_parameters(**controls)
         )
         text = ""
-        with textgen.Generation(self.model, self.tokenizer, input_ids, params) as generation:
+        with self.engine.submit(input_ids, params) as generation:
             for token in generation:
                 if not token.special and token.text:
                     text += token.text
@@ -175,6 +181,8 @@ def make_generate(backend):
                 text = text_so_far
         except textgen.ValidationError as error:
             raise gr.Error(str(error)) from error
+        except textgen.Overloaded as error:
+            raise gr.Error("The model is busy with other visitors; please try again in a moment.") from error
         except Exception as error:  # anything inside generate(), or the endpoint's own validation errors
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed: {error}") from error

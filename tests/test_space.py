@@ -375,3 +375,27 @@ def test_history_panel_and_downloads_keep_the_text_exactly():
     assert base64.b64decode(links["history-md"]).decode() == history_markdown([entry])
     assert "> <script>alert(1)</script>\n> Line two & 'quotes'\n\n and\r\nthen <i>" in history_markdown([entry])
     assert add_to_history(None, history)[1] == [entry]  # a second call for the same run adds nothing
+
+
+def test_local_backend_batches_through_the_engine_and_quantizes_on_request(tiny_export):
+    """The Space's local backend: requests go through one `textgen.Engine`; QUANTIZE=int8 gives int8 layers."""
+    from spaces_app import textgen
+    from spaces_app.app import LocalBackend, make_generate
+
+    plain = LocalBackend(str(tiny_export), quantize=None)
+    int8 = LocalBackend(str(tiny_export), quantize="int8")
+    try:
+        assert isinstance(plain.engine, textgen.Engine) and plain.engine.max_batch_size >= 1
+        assert any(isinstance(m, textgen.Int8Linear) for m in int8.model.modules())
+        assert not any(isinstance(m, textgen.Int8Linear) for m in plain.model.modules())
+        assert int8.source.endswith("(int8)")
+        for backend in (plain, int8):
+            updates = list(make_generate(backend)(PROMPT, 12, 1.0, 1, 0.95, 1.0, 7))
+            text, record = updates[-1]
+            assert isinstance(text, str) and text.strip() and record["generated_text"] == text
+        assert plain.engine.steps > 0 and int8.engine.steps > 0 and plain.engine.in_flight() == 0
+    finally:
+        plain.engine.close()
+        int8.engine.close()
+    with pytest.raises(ValueError, match="quantization"):
+        LocalBackend(str(tiny_export), quantize="int4")
