@@ -52,11 +52,19 @@ def reference(tokenizer, books: int) -> tuple[int, float]:
 
 
 def main():
+    global SAMPLE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--books", type=int, default=20)
+    parser.add_argument("--dataset", default=str(SAMPLE), help="a local PG19-format folder (default: ../shared/data/pg19-sample)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab-size", type=int, default=8192)
     args = parser.parse_args()
+    SAMPLE = Path(args.dataset)
+    if not SAMPLE.exists():
+        sys.path.insert(0, str(REPO))
+        from victorian_gpt.sources import MISSING_DATASET_HINT
+
+        parser.error(f"no dataset at {SAMPLE}. {MISSING_DATASET_HINT}")
     sys.path.insert(0, str(REPO))
     import torch
     from transformers import AutoTokenizer

@@ -170,7 +170,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         root = Path(tmp)
         tokenizer_dir = root / "tokenizer"
-        train_tokenizer_from_source(str(TOKENIZER_SOURCE), vocab_size=512, output_dir=str(tokenizer_dir))
+        source = TOKENIZER_SOURCE
+        if not source.exists():  # random-weight models: any English-like text makes a fitting tokenizer
+            sys.path.insert(0, str(REPO_ROOT / "tests"))
+            from synthetic_pg19 import write_pg19_folder
+
+            source = write_pg19_folder(root / "synthetic-pg19")
+        train_tokenizer_from_source(str(source), vocab_size=512, output_dir=str(tokenizer_dir))
         for s, shape_name in enumerate(args.shapes):
             folders = build_exports(shape_name, tokenizer_dir, root)
             servers, urls = {}, {}

@@ -101,7 +101,7 @@ def compare(args):
 
 def main_command(args):
     out = Path(args.output_dir)
-    command = [*MAIN_COMMAND, "--output_dir", str(out), "--overwrite_output_dir"]
+    command = [*MAIN_COMMAND, "--dataset", str(SAMPLE), "--output_dir", str(out), "--overwrite_output_dir"]
     start = time.time()
     subprocess.run(command, cwd=REPO, check=True, stdout=sys.stderr)
     wall = time.time() - start
@@ -120,11 +120,18 @@ def main_command(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--main-command", action="store_true", help="run the README main command instead")
+    parser.add_argument("--dataset", default=str(SAMPLE), help="a local PG19-format folder (default: ../shared/data/pg19-sample)")
     parser.add_argument("--output_dir", default=str(REPO / "runs" / "bench-main-command"))
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
+    SAMPLE = Path(args.dataset)
+    if not SAMPLE.exists():
+        sys.path.insert(0, str(REPO))
+        from victorian_gpt.sources import MISSING_DATASET_HINT
+
+        parser.error(f"no dataset at {SAMPLE}. {MISSING_DATASET_HINT}")
     sys.path.insert(0, str(REPO))
     main_command(args) if args.main_command else compare(args)

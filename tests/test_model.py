@@ -303,7 +303,7 @@ def test_modern_options_build_the_modules_they_name():
     assert model.transformer.wpe is None  # rotary positions: no position embedding table
     assert type(block.ln_1).__name__ == "VictorianGPTRMSNorm" and block.attn.q_norm is not None
     assert isinstance(block.attn.c_attn, torch.nn.Linear) and block.attn.c_attn.bias is None
-    assert block.mlp.c_fc.weight.shape == (4 * 64, 64)  # nn.Linear: (out, in)
+    assert block.mlp.c_fc.weight.shape == (2 * 192, 64)  # nn.Linear (out, in): SwiGLU's gate and value, 8/3 x 64 rounded up
     swiglu = make_model(variant="swiglu").transformer.h[0].mlp
     assert swiglu.c_fc.weight.shape == (64, 2 * 192)  # Conv1D (in, out): gate and value, 8/3 x 64 rounded up to 64
 

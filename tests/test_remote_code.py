@@ -52,7 +52,7 @@ print("\nRESULT " + json.dumps({"greedy": greedy[0].tolist(), "streamed_pieces":
 
 @pytest.fixture(scope="session")
 def modern_tiny_export(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    """An export of the modern recipe (rotary positions, RMSNorm, ReLU², QK-norm, untied head, nn.Linear, no biases).
+    """An export of the modern recipe (rotary positions, RMSNorm, SwiGLU, QK-norm, untied head, nn.Linear, no biases).
     Its head starts at zero, so it gets random values, as training would give it: constant logits test nothing."""
     import torch
     from transformers import AutoTokenizer

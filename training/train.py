@@ -238,7 +238,7 @@ def setup(config: TrainingConfig, checked=None) -> Session:
     data_state = resume(s, resume_dir) if resume_dir is not None else None
     s.clock = s.run["train_time_s"]
     s.model_flops = flops_per_token(model_config, block_size)
-    s.peak, _ = peak_flops(s.device)  # before the data worker starts competing for the cores
+    s.peak, _ = peak_flops(s.device, s.accelerator.mixed_precision)  # before the data worker starts competing for the cores
     open_train_data(s, data_state, resumed=resume_dir is not None)
     s.measures = text_measures(tokenizer)
     open_logs(s)
@@ -457,7 +457,9 @@ def progress_bar(s: Session):
     kwargs = dict(desc="train", disable=not s.accelerator.is_main_process, dynamic_ncols=True)
     if s.budget_s is None:
         return tqdm(total=s.config.max_steps, initial=s.run["step"], unit="step", **kwargs)
-    return tqdm(total=round(s.budget_s), initial=round(s.run["train_time_s"]), unit="s", **kwargs)  # training seconds
+    # training seconds, shown whole: "train: 45%|████▌     | 216/480 s [03:40<04:28, loss=…]"
+    return tqdm(total=round(s.budget_s), initial=round(s.run["train_time_s"]), unit="s",
+                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}<{remaining}{postfix}]", **kwargs)
 
 
 def log_step(s: Session, step: dict, progress, window: dict):
@@ -634,9 +636,10 @@ def flops_per_token(model_config, block_size: int) -> float:
     return 6 * n + 12 * model_config.n_layer * model_config.n_embd * block_size
 
 
-def peak_flops(device) -> tuple[float, str]:
-    """The accelerator's peak for the MFU estimate. On CPU it is measured (the fastest of five 2048x2048 fp32 matmuls
-    with this process's threads), so CPU MFU is relative to what this machine gave a matmul at start-up."""
+def peak_flops(device, mixed_precision: str = "no") -> tuple[float, str]:
+    """The accelerator's peak for the MFU estimate. On CPU it is measured (the fastest of five 2048x2048 matmuls with
+    this process's threads, in bf16 when training under bf16 autocast, else fp32), so CPU MFU is relative to what this
+    machine gave a matmul of the training's precision at start-up."""
     import torch
 
     if device.type == "cuda":
@@ -646,6 +649,8 @@ def peak_flops(device) -> tuple[float, str]:
                 return flops, name
         return 312e12, name
     a = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(0))  # not the global RNG (exact resume)
+    if mixed_precision == "bf16":
+        a = a.bfloat16()
     best = float("inf")
     for _ in range(5):  # the fastest of a few: other load on the machine only ever slows a matmul down
         start = time.perf_counter()

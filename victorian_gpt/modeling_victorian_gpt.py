@@ -3,7 +3,7 @@
 One implementation, two recipes chosen by the config (`configuration_victorian_gpt.MODERN`):
 - GPT-2 (the defaults, and every export written before the options existed): learned absolute positions, LayerNorm,
   GELU, biases, `Conv1D` projections, input and output embeddings tied.
-- modern: rotary positions, RMSNorm, ReLU² MLP, RMS-normalised queries and keys, no biases, `nn.Linear` projections,
+- modern: rotary positions, RMSNorm, a SwiGLU MLP, RMS-normalised queries and keys, no biases, `nn.Linear` projections,
   an untied head that starts at zero. Each choice was kept because a measured run said so (bench/bench_quality.py).
 
 Attention goes through transformers' attention interface (`ALL_ATTENTION_FUNCTIONS`: sdpa, eager, flex_attention,
