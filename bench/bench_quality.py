@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-tokens", type=int, default=80)
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(REPO))
     from victorian_gpt.sources import load_text_dataset
 
     try:
