@@ -159,6 +159,8 @@ def main():
                         choices=["ours-batch", "ours-threads", "reference-batch", "reference-threads"],
                         help="MODEL-ENGINE pairs to run side by side; `ratio` is the first over the second")
     parser.add_argument("--base-port", type=int, default=18400)
+    parser.add_argument("--serve-args", default="", help='more `victorian-gpt serve` flags for every server, e.g. '
+                        '"--dtype bfloat16" or "--quantize int8"')
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the servers (default: torch's, one per core); 1 is steadier on a busy "
                              "machine, and favours the thread-per-request server, whose threads can still use every core")
@@ -185,7 +187,8 @@ def main():
                     model, engine = name.split("-")
                     port = args.base_port + len(args.servers) * s + i
                     log = root / f"{shape_name}-{name}.log"
-                    servers[name] = (start_server(folders[model], port, log, engine, threads=args.threads), log)
+                    servers[name] = (start_server(folders[model], port, log, engine, args.serve_args.split(),
+                                                  threads=args.threads), log)
                     urls[name] = f"http://127.0.0.1:{port}"
                 for name, (proc, log) in servers.items():
                     wait_ready(urls[name], proc, log)
@@ -226,7 +229,7 @@ def main():
                             expected = [alone[i % streams] for i in range(len(runs))]
                             record[f"{name.replace('-', '_')}_flips"] = (
                                 f"{sum(a != b for a, b in zip(runs, expected))}/{len(runs)} streams")
-                    record.update(repeats=args.repeats, server_threads=args.threads or "default", **environment())
+                    record.update(repeats=args.repeats, server_threads=args.threads or "default", serve_args=args.serve_args, **environment())
                     emit(record)
             finally:
                 for proc, _ in servers.values():
