@@ -22,6 +22,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from itertools import islice  # noqa: E402
 from pathlib import Path  # noqa: E402
+from common import require_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "pg19-sample"
@@ -59,12 +60,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab-size", type=int, default=8192)
     args = parser.parse_args()
-    SAMPLE = Path(args.dataset)
-    if not SAMPLE.exists():
-        sys.path.insert(0, str(REPO))
-        from victorian_gpt.sources import MISSING_DATASET_HINT
-
-        parser.error(f"no dataset at {SAMPLE}. {MISSING_DATASET_HINT}")
+    SAMPLE = require_dataset(parser, args.dataset)
     sys.path.insert(0, str(REPO))
     import torch
     from transformers import AutoTokenizer

@@ -74,6 +74,17 @@ def build_exports(shape_name: str, tokenizer_dir: Path, root: Path) -> dict[str,
     return folders
 
 
+def tokenizer_source(root: Path) -> Path:
+    """Text for the random-weight models' tokenizer: the sample's tiny split, or (in a clone without ../shared) a
+    synthetic PG19-format folder written under `root`: any English-like text makes a fitting tokenizer."""
+    if TOKENIZER_SOURCE.exists():
+        return TOKENIZER_SOURCE
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from synthetic_pg19 import write_pg19_folder
+
+    return write_pg19_folder(root / "synthetic-pg19")
+
+
 def start_server(folder: Path, port: int, log: Path, engine: str = "batch", extra=(),
                  threads: int | None = None) -> subprocess.Popen:
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
@@ -172,13 +183,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         root = Path(tmp)
         tokenizer_dir = root / "tokenizer"
-        source = TOKENIZER_SOURCE
-        if not source.exists():  # random-weight models: any English-like text makes a fitting tokenizer
-            sys.path.insert(0, str(REPO_ROOT / "tests"))
-            from synthetic_pg19 import write_pg19_folder
-
-            source = write_pg19_folder(root / "synthetic-pg19")
-        train_tokenizer_from_source(str(source), vocab_size=512, output_dir=str(tokenizer_dir))
+        train_tokenizer_from_source(str(tokenizer_source(root)), vocab_size=512, output_dir=str(tokenizer_dir))
         for s, shape_name in enumerate(args.shapes):
             folders = build_exports(shape_name, tokenizer_dir, root)
             servers, urls = {}, {}

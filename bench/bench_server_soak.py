@@ -91,14 +91,14 @@ def main():
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers this started
 
-    from bench_server import TOKENIZER_SOURCE
+    from bench_server import tokenizer_source
 
     from victorian_gpt.tokenization import train_tokenizer_from_source
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         root = Path(tmp)
-        train_tokenizer_from_source(str(TOKENIZER_SOURCE), vocab_size=512, output_dir=str(root / "tokenizer"))
+        train_tokenizer_from_source(str(tokenizer_source(root)), vocab_size=512, output_dir=str(root / "tokenizer"))
         folder = build_exports(args.shape, root / "tokenizer", root)["ours"]
         url, log = f"http://127.0.0.1:{args.port}", root / "serve.log"
         proc = start_server(folder, args.port, log, threads=args.threads)

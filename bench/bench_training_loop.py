@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import require_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "pg19-sample"
 MAIN_COMMAND = ["accelerate", "launch", "--config_file", "accelerate_config.yaml", "-m", "training.train",
@@ -127,11 +129,6 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    SAMPLE = Path(args.dataset)
-    if not SAMPLE.exists():
-        sys.path.insert(0, str(REPO))
-        from victorian_gpt.sources import MISSING_DATASET_HINT
-
-        parser.error(f"no dataset at {SAMPLE}. {MISSING_DATASET_HINT}")
+    SAMPLE = require_dataset(parser, args.dataset)
     sys.path.insert(0, str(REPO))
     main_command(args) if args.main_command else compare(args)

@@ -58,3 +58,17 @@ def emit(record: dict):
 
 
 median = statistics.median
+
+
+def require_dataset(parser, path) -> "Path":
+    """`path` as a Path, or the parser's error saying how to get a PG19-format dataset (victorian_gpt.sources)."""
+    import sys
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from victorian_gpt.sources import MISSING_DATASET_HINT
+
+        parser.error(f"no dataset at {path}. {MISSING_DATASET_HINT}")
+    return path

@@ -888,14 +888,17 @@ class Engine:
             self._cond.notify()
 
     # -- the engine thread
+    def _has_work(self) -> bool:  # under self._cond
+        return bool(self._closed or self._incoming or self._waiting or self._prefilling or self._running)
+
     def _loop(self):
         while True:
             with self._cond:
-                idle = not (self._closed or self._incoming or self._waiting or self._prefilling or self._running)
+                idle = not self._has_work()
             if idle:
                 _release_freed_memory()
             with self._cond:
-                while not (self._closed or self._incoming or self._waiting or self._prefilling or self._running):
+                while not self._has_work():
                     self._cond.wait()
                 if self._closed:
                     break
