@@ -16,6 +16,10 @@ COMMANDS = {
     "eval": ("training.evaluate:main", "print loss, perplexity and bits per byte of a model on a split, as JSON"),
     "generate": ("victorian_gpt.generation_cli:main", "generate text from a model (one prompt, a file, interactive)"),
     "serve": ("spaces_app.server:main", "serve a model over Text Generation Inference's HTTP API"),
+    "convert": (
+        "victorian_gpt.convert:main",
+        "convert an export to a native transformers folder (no remote code) or a GGUF file for llama.cpp",
+    ),
     "card": ("hub_card.card:main", "write the model card README.md into an exported folder"),
     "push": ("hub_card.publish:push_main", "publish an exported folder to the Hugging Face Hub"),
     "push-space": ("hub_card.publish:push_space_main", "publish the Gradio demo as a Hugging Face Space"),
