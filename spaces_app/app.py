@@ -4,7 +4,7 @@
     TGI_URL=http://127.0.0.1:8080 python spaces_app/app.py   # stream from a TGI endpoint (e.g. `victorian-gpt serve`)
 
 Locally the model is loaded through the Auto classes with `trust_remote_code=True`, and every visitor's request goes
-through one batching engine (spaces_app/textgen.py, `textgen.Engine`): the running generations decode together, one
+through one batching engine (the package spaces_app/textgen/, `textgen.Engine`): the running generations decode together, one
 token each per step, so several visitors share the cores' reading of the weights instead of competing for them. Each
 streams token by token. The Stop button, a closed tab or an error ends the Gradio generator, which takes its sequence
 out of the batch at the next step. Environment: MODEL_ID, TGI_URL, CONCURRENCY_LIMIT (generations decoded together,
@@ -33,7 +33,7 @@ import gradio as gr
 
 try:
     from spaces_app import textgen
-except ImportError:  # on the Space, textgen.py sits beside app.py
+except ImportError:  # on the Space, the textgen/ package sits beside app.py
     import textgen
 
 logger = logging.getLogger("victorian_gpt.space")

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 try:
     from spaces_app import textgen
-except ImportError:  # uploaded beside textgen.py (a Space or a bare copy)
+except ImportError:  # uploaded beside the textgen/ package (a Space or a bare copy)
     import textgen
 
 logger = logging.getLogger("victorian_gpt.serving")

@@ -341,7 +341,13 @@ def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
 
     space = tmp_path / "space"
     space.mkdir()
-    for name in ("app.py", "textgen.py"):
+    # exactly the files push-space would upload (app.py beside the textgen/ package), nothing else of this checkout
+    from hub_card.publish import plan_space_upload
+
+    files, _ = plan_space_upload(REPO_ROOT / "spaces_app")
+    assert {"app.py", "requirements.txt", "textgen/__init__.py", "textgen/engine.py"} <= {f.as_posix() for f in files}
+    for name in files:
+        (space / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / "spaces_app" / name, space / name)
     code = (
         f"import sys; sys.path.insert(0, {str(space)!r})\n"

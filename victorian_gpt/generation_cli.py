@@ -5,7 +5,7 @@
     victorian-gpt generate MODEL --interactive
 
 Sampling defaults are the model's own (`generation_config.json`); the flags override them. Generation itself is the
-serving code's (spaces_app/textgen.py), so the CLI, the Space and the TGI server validate and sample identically:
+serving code's (the package spaces_app/textgen/), so the CLI, the Space and the TGI server validate and sample identically:
 `--prompt` and `--interactive` run `generate()` for their one request; `--prompts-file` puts all its prompts through
 the batching engine (`textgen.Engine`), which decodes up to `--batch-size` of them together. `--quantize int8` loads
 int8 weights (the CPU path), `--dtype bfloat16` bf16 ones.

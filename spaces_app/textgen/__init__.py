@@ -1,0 +1,87 @@
+"""Text generation shared by the Gradio Space, the TGI-protocol server and `victorian-gpt generate`.
+
+Two ways to run a request, with one consumer interface (iterate for `Token`s, sync or async; `cancel()`; after the
+iteration `generated_text`, `generated_tokens`, `finish_reason`, `tokens`):
+
+- `Engine`: one batching engine for many concurrent requests (the server, the Space). One background thread owns the
+  model; the running sequences decode together, one token each per step, sharing one read of the weights. A new
+  request joins between steps: its prompt is prefilled on its own, in chunks of at most `max_batch_prefill_tokens`
+  so the others stall for one chunk at most, and its KV cache is then merged into the batch (left padding, a 2-D
+  attention mask, explicit position ids). A finished or cancelled sequence leaves the batch at the next step. Beyond
+  `max_concurrent_requests` in flight, `submit` raises `Overloaded` (HTTP 429) at once rather than queueing forever.
+  The entry point:
+
+      engine = textgen.Engine(model, tokenizer)               # once; limits as TGI's launcher names them
+      input_ids, params = textgen.prepare_request(tokenizer, prompt, engine.limits, max_new_tokens=50)
+      with engine.submit(input_ids, params) as generation:    # `asynchronous=True` for `async for`
+          for token in generation:
+              print(token.text, end="")
+      generation.generated_text
+
+- `Generation(model, tokenizer, input_ids, params)`: one request as one `model.generate()` call in a background
+  thread: the CLI's one-shot mode, and what a `pipeline` user would run.
+
+Either way each request has its own `TokenStreamer` (a `TextIteratorStreamer` that queues one `Token` -- id, text,
+logprob, special -- per generated token), fed through `put`/`end` by `generate()` or by the engine; a consumer that
+goes away (Stop button, closed tab, dropped HTTP connection) cancels its request at the next token, and an exception
+in the computation is carried to the consumer and raised there, never turned into a hang.
+
+Sampling draws from a per-request, seeded `torch.Generator` (`TokenChooser`), not the process-wide RNG: concurrent
+requests do not disturb one another and a seed reproduces its text. The engine applies each request's own
+repetition penalty, temperature, top-k, top-p and typical-p with transformers' own logits processors, in
+`generate()`'s order, so a request alone in the engine gives exactly `generate()`'s tokens. In a batch the matmuls
+see other shapes (and padding), which can change the lowest bits of the logits and so, rarely, flip a near-tie
+(bench/bench_server.py counts how often). Parameters are checked by `prepare_request` with Text Generation
+Inference's rules and messages, so the three front ends reject the same values the same way.
+
+`load_model(..., quantize="int8")` is the int8 CPU path (`Int8Linear`): int8 weights (per output channel) and
+int8 activations (per token, computed at each call), multiplied by PyTorch's integer GEMM with int32 accumulation.
+
+This package is uploaded to the Space beside `app.py`: it imports only torch and transformers (models are loaded
+through the Auto classes, as a downloaded Space would). One concern per file:
+
+    params.py      request parameters and their validation (TGI's rules): Limits, GenerationParameters, prepare_request
+    errors.py      ValidationError, GenerationError, Overloaded
+    loading.py     load_model
+    int8.py        Int8Linear, quantize_int8
+    streaming.py   sampling and streaming: Token, TokenChooser, the stopping criteria, TokenStreamer
+    request.py     the consumer's side every request shares
+    threads.py     one request, one generate() thread: Generation, generate_text
+    engine.py      the batching engine: Engine, BatchedGeneration
+    kv_cache.py    the engine's KV cache layers
+"""
+
+from .engine import BatchedGeneration, Engine
+from .errors import GenerationError, Overloaded, ValidationError
+from .int8 import Int8Linear, Int8Weight, quantize_int8
+from .loading import QUANTIZE_CHOICES, load_model
+from .params import (
+    DEFAULT_MAX_NEW_TOKENS,
+    MAX_STOP_SEQUENCES,
+    GenerationParameters,
+    Limits,
+    context_length,
+    control_parameters,
+    prepare_request,
+    sampling_defaults,
+)
+from .request import active_generations
+from .streaming import (
+    STREAM_TIMEOUT_S,
+    AsyncTokenStreamer,
+    CancelCriteria,
+    StopSequenceCriteria,
+    Token,
+    TokenChooser,
+    TokenStreamer,
+    sampling_warpers,
+)
+from .threads import Generation, generate_text
+
+__all__ = [
+    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "DEFAULT_MAX_NEW_TOKENS", "Engine", "Generation",
+    "GenerationError", "GenerationParameters", "Int8Linear", "Int8Weight", "Limits", "MAX_STOP_SEQUENCES", "Overloaded",
+    "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S", "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer",
+    "ValidationError", "active_generations", "context_length", "control_parameters", "generate_text", "load_model",
+    "prepare_request", "quantize_int8", "sampling_defaults", "sampling_warpers",
+]

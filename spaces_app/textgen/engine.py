@@ -1,0 +1,398 @@
+"""The batching engine: many concurrent requests, one background thread that owns the model (see `Engine`)."""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+from .errors import GenerationError, Overloaded, ValidationError
+from .kv_cache import _cache_layers, _left_pad, _new_cache, _release_freed_memory
+from .params import GenerationParameters, Limits
+from .request import _eos_ids, _ids, _Request
+from .streaming import STREAM_TIMEOUT_S, sampling_warpers
+
+logger = logging.getLogger("victorian_gpt.serving")
+
+
+class BatchedGeneration(_Request):
+    """A request computed by an `Engine` (see `Engine.submit`); the same consumer interface as `Generation`."""
+
+    def __init__(self, engine: "Engine", input_ids: list[int], params: GenerationParameters, *,
+                 timeout: float | None = STREAM_TIMEOUT_S, asynchronous: bool = False, name: str | None = None):
+        self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
+        self.input_ids, self.params, self.timeout = list(input_ids), params, timeout
+        self.name = name or f"gen-{next(_ids)}"
+        self.eos_ids = engine.eos_ids
+        self._setup(self.tokenizer, self.input_ids, params, timeout, asynchronous, self.name)
+        self.finishing = False  # set by the engine just before it hands over the last token
+        self.streamer.is_last = lambda token_id, count: self.finishing
+        # the engine's side: prompt + generated ids, this request's logits processors, its prefill progress
+        self.ids = list(self.input_ids)
+        self.processors = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:  # generate() puts it before the warpers
+            self.processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        self.processors.extend(sampling_warpers(params))
+        self.prefilled = 0  # prompt tokens already in `cache`
+        self.cache = None  # this request's own KV cache until it joins the batch
+        self.reserved = 0  # tokens of the batch budget it holds (prompt + max_new_tokens) once admitted
+        self.first_token_at: float | None = None
+
+    def cancel(self):
+        super().cancel()
+        self.engine._wake()
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+
+class Engine:
+    """One batching engine for every request of a process: `submit` requests, iterate what it returns.
+
+    A background thread runs the model. Each step it (1) drops the sequences whose consumer went away, (2) admits
+    waiting requests as TGI's router does: at once when nothing runs, otherwise when at least
+    `floor(running * waiting_served_ratio)` are waiting or `max_waiting_tokens` decode steps went by since the last
+    admission, within `max_batch_size` sequences and `max_batch_total_tokens` (each sequence counted at its prompt
+    plus `max_new_tokens`), (3) prefills admitted prompts, at most `max_batch_prefill_tokens` tokens in the step, each
+    prompt alone (no padding) in its own KV cache, choosing its first token from the last position's logits and then
+    merging its cache into the batch's, and (4) decodes one token for every running sequence in one forward pass: the
+    batch is left-padded to its longest sequence, with a 2-D attention mask (1 = real token) and each row's own
+    position ids. Sequences that end (length, EOS, stop sequence) or are cancelled leave the batch (their rows are
+    selected out of the cache, and columns that became padding everywhere are trimmed).
+
+    The model contract: `model(input_ids [B, T], attention_mask [B, past + T], position_ids [B, T], cache=Cache,
+    use_cache=True, logits_to_keep=1)` returning `.logits`; any transformers causal LM taking a `DynamicCache`
+    (ours, `GPT2LMHeadModel`, Llama...) fits.
+    """
+
+    def __init__(self, model, tokenizer, *, limits: Limits | None = None, max_concurrent_requests: int = 128,
+                 max_batch_size: int = 32, max_batch_total_tokens: int | None = None,
+                 max_batch_prefill_tokens: int = 256, waiting_served_ratio: float = 0.3, max_waiting_tokens: int = 20,
+                 timeout: float | None = STREAM_TIMEOUT_S, name: str = "engine"):
+        self.model, self.tokenizer = model, tokenizer
+        self.limits = limits or Limits.for_model(model, tokenizer)
+        self.max_concurrent_requests = int(max_concurrent_requests)
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_total_tokens = int(max_batch_total_tokens or max(16384, self.limits.max_total_tokens))
+        self.max_batch_prefill_tokens = int(max_batch_prefill_tokens)
+        self.waiting_served_ratio = float(waiting_served_ratio)
+        self.max_waiting_tokens = int(max_waiting_tokens)
+        self.timeout = timeout
+        for key in ("max_concurrent_requests", "max_batch_size", "max_batch_prefill_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"`{key}` must be at least 1, got {getattr(self, key)}")
+        if self.waiting_served_ratio < 0 or self.max_waiting_tokens < 0:
+            raise ValueError("`waiting_served_ratio` and `max_waiting_tokens` must not be negative")
+        if self.max_batch_total_tokens < self.limits.max_total_tokens:
+            raise ValueError(f"`max_batch_total_tokens` ({self.max_batch_total_tokens}) must be >= `max_total_tokens` "
+                             f"({self.limits.max_total_tokens}), or no request of full length could ever run")
+        self.eos_ids = _eos_ids(model)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._cond = threading.Condition()
+        self._incoming: collections.deque[BatchedGeneration] = collections.deque()
+        self._in_flight = 0  # submitted and not finished (guarded by _cond)
+        self._closed = False
+        # engine thread only:
+        self._waiting: collections.deque[BatchedGeneration] = collections.deque()
+        self._prefilling: list[BatchedGeneration] = []
+        self._running: list[BatchedGeneration] = []  # row i of the batch's cache and mask
+        self._cache = None
+        self._mask: torch.Tensor | None = None  # (rows, cached length): 1 = real token, 0 = left padding
+        self._reserved = 0
+        self._steps_since_admission = 0
+        self.steps = 0  # decode steps so far (for tests and benchmarks)
+        self.peak_batch_size = 0  # the most sequences decoded together so far
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    # -- the callers' side
+    def submit(self, input_ids: list[int], params: GenerationParameters, *, asynchronous: bool = False,
+               timeout: float | None = None, name: str | None = None) -> BatchedGeneration:
+        """Queue a validated request (see `prepare_request`); iterate the result for its `Token`s.
+
+        Raises `Overloaded` when `max_concurrent_requests` are already in flight. `asynchronous=True` (from a running
+        event loop) gives a request to iterate with `async for`.
+        """
+        if len(input_ids) + params.max_new_tokens > self.limits.max_total_tokens:
+            raise ValidationError(f"`inputs` tokens + `max_new_tokens` must be <= {self.limits.max_total_tokens}. "
+                                  f"Given: {len(input_ids)} `inputs` tokens and {params.max_new_tokens} `max_new_tokens`")
+        with self._cond:
+            if self._closed:
+                raise GenerationError("the engine is shut down")
+            if self._in_flight >= self.max_concurrent_requests:
+                raise Overloaded("Model is overloaded")
+            self._in_flight += 1
+        try:
+            generation = BatchedGeneration(self, input_ids, params, asynchronous=asynchronous, name=name,
+                                           timeout=self.timeout if timeout is None else timeout)
+        except BaseException:
+            with self._cond:
+                self._in_flight -= 1
+            raise
+        with self._cond:
+            self._incoming.append(generation)
+            self._cond.notify()
+        return generation
+
+    def in_flight(self) -> int:
+        """Requests submitted and not finished (queued, prefilling or decoding)."""
+        with self._cond:
+            return self._in_flight
+
+    def info(self) -> dict:
+        """The batching limits, named as TGI's launcher flags and `/info` fields."""
+        return {
+            "max_concurrent_requests": self.max_concurrent_requests,
+            "max_batch_size": self.max_batch_size,
+            "max_batch_total_tokens": self.max_batch_total_tokens,
+            "max_batch_prefill_tokens": self.max_batch_prefill_tokens,
+            "max_waiting_tokens": self.max_waiting_tokens,
+            "waiting_served_ratio": self.waiting_served_ratio,
+        }
+
+    def close(self, timeout: float | None = 30.0):
+        """Stop the engine thread; requests still in flight end with a GenerationError."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _wake(self):
+        with self._cond:
+            self._cond.notify()
+
+    # -- the engine thread
+    def _has_work(self) -> bool:  # under self._cond
+        return bool(self._closed or self._incoming or self._waiting or self._prefilling or self._running)
+
+    def _loop(self):
+        while True:
+            with self._cond:
+                idle = not self._has_work()
+            if idle:
+                _release_freed_memory()
+            with self._cond:
+                while not self._has_work():
+                    self._cond.wait()
+                if self._closed:
+                    break
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            try:
+                with torch.inference_mode():
+                    self._step()
+            except BaseException as error:  # a fault of the step outside any one request: fail those in flight
+                logger.exception("engine step failed")
+                self._fail_all(error)
+        with self._cond:
+            self._waiting.extend(self._incoming)
+            self._incoming.clear()
+        self._fail_all(GenerationError("the engine was shut down"))
+
+    def _step(self):
+        self._drop_cancelled()
+        self._admit()
+        if self._prefilling:
+            self._prefill()
+        if self._running:
+            self._decode()
+
+    def _drop_cancelled(self):
+        for generation in [g for g in self._waiting if g.cancelled.is_set()]:
+            self._waiting.remove(generation)
+            self._finish(generation, "cancelled")
+        for generation in [g for g in self._prefilling if g.cancelled.is_set()]:
+            self._prefilling.remove(generation)
+            generation.cache = None
+            self._finish(generation, "cancelled")
+        rows = [i for i, g in enumerate(self._running) if g.cancelled.is_set()]
+        if rows:
+            leaving = [self._running[i] for i in rows]
+            self._remove_rows(rows)
+            for generation in leaving:
+                self._finish(generation, "cancelled")
+
+    def _admit(self):
+        if not self._waiting:
+            return
+        busy = len(self._running) + len(self._prefilling)
+        if busy and len(self._waiting) < int(busy * self.waiting_served_ratio) \
+                and self._steps_since_admission < self.max_waiting_tokens:
+            return
+        admitted = False
+        while self._waiting and busy < self.max_batch_size:
+            generation = self._waiting[0]
+            need = len(generation.input_ids) + generation.params.max_new_tokens
+            if self._reserved + need > self.max_batch_total_tokens:
+                break
+            self._waiting.popleft()
+            generation.reserved, self._reserved = need, self._reserved + need
+            generation.state = "prefill"
+            generation.streamer.put(torch.tensor(generation.input_ids))  # the prompt, skipped as generate() does
+            self._prefilling.append(generation)
+            busy += 1
+            admitted = True
+        if admitted:
+            self._steps_since_admission = 0
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        device = self.model.device
+        return self.model(
+            input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
+            attention_mask=attention_mask.to(device),
+            position_ids=torch.tensor(position_ids, dtype=torch.long, device=device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: cache},
+        ).logits[:, -1]
+
+    def _prefill(self):
+        """Prefill admitted prompts, at most `max_batch_prefill_tokens` tokens this step."""
+        budget = self.max_batch_prefill_tokens
+        while self._prefilling and budget > 0:
+            generation = self._prefilling[0]
+            try:
+                start = generation.prefilled
+                chunk = generation.input_ids[start : start + budget]
+                if generation.cache is None:
+                    generation.cache = _new_cache(self.model.config)
+                logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
+                                       [list(range(start, start + len(chunk)))], generation.cache)
+                generation.prefilled += len(chunk)
+                budget -= len(chunk)
+                if generation.prefilled < len(generation.input_ids):
+                    continue  # the rest of this prompt in the next step
+                self._prefilling.pop(0)
+                if not self._emit(generation, self._choose(generation, logits)):
+                    self._join(generation)
+            except Exception as error:
+                if generation in self._prefilling:
+                    self._prefilling.remove(generation)
+                generation.cache = None
+                self._fail(generation, error)
+
+    def _join(self, generation: BatchedGeneration):
+        """Merge a prefilled request's KV cache into the batch's (left padding to the longer of the two)."""
+        new, generation.cache = generation.cache, None
+        length = _cache_layers(new)[0].keys.shape[-2]
+        generation.state = "decode"
+        if not self._running:
+            self._cache, self._mask = new, torch.ones(1, length, dtype=torch.long)
+        else:
+            batch_length = self._mask.shape[1]
+            total = max(batch_length, length)
+            for mine, theirs in zip(_cache_layers(self._cache), _cache_layers(new)):
+                mine.keys = torch.cat([_left_pad(mine.keys, total), _left_pad(theirs.keys, total)])
+                mine.values = torch.cat([_left_pad(mine.values, total), _left_pad(theirs.values, total)])
+            mask = torch.zeros(1, total, dtype=torch.long)
+            mask[:, total - length :] = 1
+            self._mask = torch.cat([F.pad(self._mask, (total - batch_length, 0)), mask])
+        self._running.append(generation)
+
+    def _decode(self):
+        """One token for every running sequence, in one forward pass."""
+        rows = self._running
+        mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        try:
+            logits = self._forward([[g.ids[-1]] for g in rows], mask, [[len(g.ids) - 1] for g in rows], self._cache)
+        except Exception as error:
+            self._cache = self._mask = None
+            self._running = []
+            for generation in rows:
+                self._fail(generation, error)
+            return
+        self._mask = mask
+        self.steps += 1
+        self.peak_batch_size = max(self.peak_batch_size, len(rows))
+        self._steps_since_admission += 1
+        leaving = []
+        for i, generation in enumerate(rows):
+            try:
+                if self._emit(generation, self._choose(generation, logits[i : i + 1])):
+                    leaving.append(i)
+            except Exception as error:
+                leaving.append(i)
+                generation.error = error
+        if leaving:
+            self._remove_rows(leaving)
+
+    def _choose(self, generation: BatchedGeneration, logits: torch.Tensor) -> int:
+        scores = logits.float()
+        if generation.processors:
+            ids = torch.tensor([generation.ids], dtype=torch.long, device=scores.device)
+            scores = generation.processors(ids, scores)
+        return int(generation.chooser.choose(scores)[0, 0])
+
+    def _emit(self, generation: BatchedGeneration, token: int) -> bool:
+        """Hand `token` to the request's streamer; finish the request if it was its last. Returns whether it was."""
+        generation.ids.append(token)
+        generated = len(generation.ids) - len(generation.input_ids)
+        if generation.first_token_at is None:
+            generation.first_token_at = time.perf_counter()
+        last = (
+            token in self.eos_ids
+            or generated >= generation.params.max_new_tokens
+            or (generation.stop_criteria is not None
+                and generation.stop_criteria.matches(generation.ids[len(generation.input_ids) :]))
+        )
+        generation.finishing = last
+        generation.streamer.put(torch.tensor([token]))
+        if last:
+            self._finish(generation, "finished")
+        return last
+
+    def _remove_rows(self, rows: list[int]):
+        """Select the rows that stay out of the batch's cache and mask; trim columns that are padding everywhere."""
+        leaving = set(rows)
+        keep = [i for i in range(len(self._running)) if i not in leaving]
+        for i in sorted(leaving, reverse=True):
+            generation = self._running.pop(i)
+            if generation.error is not None and not generation.done.is_set():
+                self._finish(generation, "failed")
+        if not keep:
+            self._cache = self._mask = None
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        mask = self._mask[index]
+        first = int(mask.any(dim=0).long().argmax())  # the first column some row still uses
+        self._mask = mask[:, first:]
+        for layer in _cache_layers(self._cache):
+            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[:, :, first:]
+            layer.values = layer.values.index_select(0, index.to(layer.values.device))[:, :, first:]
+
+    def _finish(self, generation: BatchedGeneration, state: str):
+        self._reserved -= generation.reserved
+        generation.reserved = 0
+        with self._cond:
+            self._in_flight -= 1
+        generation._finished(state)
+
+    def _fail(self, generation: BatchedGeneration, error: BaseException):
+        logger.error("%s: generation failed: %s: %s", generation.name, type(error).__name__, error)
+        generation.error = error
+        self._finish(generation, "failed")
+
+    def _fail_all(self, error: BaseException):
+        everyone = list(self._waiting) + self._prefilling + self._running
+        self._waiting.clear()
+        self._prefilling, self._running = [], []
+        self._cache = self._mask = None
+        for generation in everyone:
+            if not generation.done.is_set():
+                generation.cache = None
+                self._fail(generation, error)

@@ -1,0 +1,165 @@
+"""Request parameters and their validation: Text Generation Inference's rules and messages
+(router/src/validation.rs), shared by the Space, the TGI-protocol server and `victorian-gpt generate`, so the three
+front ends reject the same values the same way."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from transformers import GenerationConfig
+
+from .errors import ValidationError
+
+DEFAULT_MAX_NEW_TOKENS = 100  # what TGI generates when a request names no `max_new_tokens`
+MAX_STOP_SEQUENCES = 4  # TGI's `--max-stop-sequences` default
+
+
+def context_length(model, tokenizer) -> int:
+    """Tokens the model can attend to: prompt plus generated text must fit in it."""
+    return int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
+
+
+def sampling_defaults(generation_config: GenerationConfig) -> dict:
+    """The model's own sampling defaults (`generation_config.json`), as the Space's and CLI's starting values."""
+    return dict(
+        max_new_tokens=generation_config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        do_sample=bool(generation_config.do_sample),
+        temperature=generation_config.temperature if generation_config.temperature is not None else 1.0,
+        top_k=generation_config.top_k or 0,
+        top_p=generation_config.top_p if generation_config.top_p is not None else 1.0,
+        repetition_penalty=generation_config.repetition_penalty or 1.0,
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-wide limits, named as TGI's launcher flags."""
+
+    max_input_tokens: int
+    max_total_tokens: int
+    max_stop_sequences: int = MAX_STOP_SEQUENCES
+
+    @classmethod
+    def for_model(cls, model, tokenizer, max_input_tokens=None, max_total_tokens=None) -> "Limits":
+        total = max_total_tokens or context_length(model, tokenizer)
+        limits = cls(max_input_tokens=max_input_tokens or total - 1, max_total_tokens=total)
+        if not 0 < limits.max_input_tokens < limits.max_total_tokens <= context_length(model, tokenizer):
+            raise ValueError(
+                f"need 0 < max_input_tokens ({limits.max_input_tokens}) < max_total_tokens ({total}) "
+                f"<= the model's context ({context_length(model, tokenizer)})"
+            )
+        return limits
+
+
+@dataclass(frozen=True)
+class GenerationParameters:
+    """A validated request: exactly what `generate()` will be asked to do."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # set whenever do_sample is (drawn at random if the request gave none), as TGI reports it
+    stop: tuple[str, ...] = ()
+
+
+def prepare_request(
+    tokenizer,
+    inputs: str,
+    limits: Limits,
+    *,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    typical_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | None = None,
+    stop: list[str] | tuple[str, ...] | None = None,
+    truncate: int | None = None,
+) -> tuple[list[int], GenerationParameters]:
+    """Check a request with TGI's rules and tokenize its prompt. Returns (prompt token ids, parameters).
+
+    As in TGI, giving any of temperature/top_k/top_p/typical_p turns sampling on; a prompt longer than
+    `max_input_tokens` is rejected unless `truncate` is given, in which case only its last `truncate` tokens are kept.
+    """
+    sampling = do_sample or any(v is not None for v in (temperature, top_k, top_p, typical_p))
+    if temperature is not None and temperature <= 0:
+        raise ValidationError("`temperature` must be strictly positive")
+    if repetition_penalty is not None and repetition_penalty <= 0:
+        raise ValidationError("`repetition_penalty` must be strictly positive")
+    if top_p is not None and not 0 < top_p < 1:
+        raise ValidationError("`top_p` must be > 0.0 and < 1.0")
+    if typical_p is not None and not 0 < typical_p < 1:
+        raise ValidationError("`typical_p` must be > 0.0 and < 1.0")
+    if top_k is not None and top_k <= 0:
+        raise ValidationError("`top_k` must be strictly positive")
+    if max_new_tokens is not None and max_new_tokens <= 0:
+        raise ValidationError("`max_new_tokens` must be strictly positive")
+    stop = tuple(stop or ())
+    if len(stop) > limits.max_stop_sequences:
+        raise ValidationError(f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(stop)}")
+    if any(not s for s in stop):
+        raise ValidationError("`stop` sequences cannot be empty")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ValidationError("`seed` must be an integer in [0, 2^64)")
+    if not inputs:
+        raise ValidationError("`inputs` cannot be empty")
+    if truncate is not None and not 0 < truncate <= limits.max_input_tokens:
+        raise ValidationError(
+            f"`truncate` must be strictly positive and less than {limits.max_input_tokens}. Given: {truncate}"
+        )
+
+    ids = tokenizer(inputs, add_special_tokens=False)["input_ids"]
+    input_length = min(len(ids), truncate) if truncate is not None else len(ids)
+    if max_new_tokens is None:  # TGI: whatever fits, up to its default length
+        max_new_tokens = max(1, min(DEFAULT_MAX_NEW_TOKENS, limits.max_total_tokens - input_length))
+    if input_length + max_new_tokens > limits.max_total_tokens:
+        raise ValidationError(
+            f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
+            f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
+        )
+    if input_length > limits.max_input_tokens:
+        raise ValidationError(f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_length}")
+    if input_length == 0:
+        raise ValidationError("`inputs` cannot be empty")
+
+    params = GenerationParameters(
+        max_new_tokens=int(max_new_tokens),
+        do_sample=bool(sampling),
+        temperature=float(temperature) if temperature is not None else 1.0,
+        top_k=int(top_k) if top_k is not None else None,
+        top_p=float(top_p) if top_p is not None else None,
+        typical_p=float(typical_p) if typical_p is not None else None,
+        repetition_penalty=float(repetition_penalty) if repetition_penalty is not None else 1.0,
+        seed=(int(seed) if seed is not None else random.getrandbits(63)) if sampling else None,
+        stop=stop,
+    )
+    return ids[len(ids) - input_length :], params
+
+
+def control_parameters(
+    *, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+    repetition_penalty: float, seed: int | None = None,
+) -> dict:
+    """The Space's and the CLI's controls as `prepare_request` arguments.
+
+    Top-k 0 and top-p 1 mean "filter off" (TGI's "not given"); greedy decoding leaves the sampling controls out, since
+    TGI would read any of them as a request to sample.
+    """
+    common = dict(max_new_tokens=int(max_new_tokens), repetition_penalty=float(repetition_penalty))
+    if not do_sample:
+        return dict(common, do_sample=False)
+    return dict(
+        common,
+        do_sample=True,
+        temperature=float(temperature),
+        top_k=int(top_k) if top_k else None,
+        top_p=float(top_p) if top_p < 1 else None,
+        seed=int(seed) if seed is not None else None,
+    )
