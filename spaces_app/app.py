@@ -3,12 +3,16 @@
     MODEL_ID=USER/victorian-gpt python spaces_app/app.py     # a Hub repo id or a local export folder
     TGI_URL=http://127.0.0.1:8080 python spaces_app/app.py   # stream from a TGI endpoint (e.g. `victorian-gpt serve`)
 
-Locally the model is loaded through the Auto classes with `trust_remote_code=True`, and every visitor's request goes
-through one batching engine (the package spaces_app/textgen/, `textgen.Engine`): the running generations decode together, one
-token each per step, so several visitors share the cores' reading of the weights instead of competing for them. Each
-streams token by token. The Stop button, a closed tab or an error ends the Gradio generator, which takes its sequence
-out of the batch at the next step. Environment: MODEL_ID, TGI_URL, CONCURRENCY_LIMIT (generations decoded together,
-default 8), QUANTIZE (`int8`: int8 linear layers, the fast CPU path), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+Locally the model is loaded through the Auto classes, and every visitor's request goes through one batching engine
+(the package spaces_app/textgen/, `textgen.Engine`): the running generations decode together, one token each per
+step, so several visitors share the cores' reading of the weights instead of competing for them. Each streams token
+by token. The Stop button, a closed tab or an error ends the Gradio generator, which takes its sequence out of the
+batch at the next step. Environment: MODEL_ID, TGI_URL, CONCURRENCY_LIMIT (generations decoded together, default 8),
+QUANTIZE (`int8`: int8 linear layers, the fast CPU path), DTYPE (`auto`, the default: bf16 where the hardware
+computes it natively, else the model's own; `float32`: the exact path), TRUST_REMOTE_CODE (`1` lets a Hub model with
+remote code run it; a local folder's code is trusted and a native model needs none), PREFIX_CACHE_TOKENS (the KV of
+recently seen openings, such as the examples, is kept for this many tokens, default 4096; 0 = off),
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 
 Seed: an empty box (or no seed / None through the API) draws a fresh random seed for each press; a number gives the
 same text every time with the same settings. History: each finished or stopped generation of the visitor's session
@@ -40,6 +44,9 @@ logger = logging.getLogger("victorian_gpt.space")
 
 CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "8"))  # the engine decodes these together
 QUANTIZE = os.environ.get("QUANTIZE") or None  # "int8": see textgen.quantize_int8
+DTYPE = os.environ.get("DTYPE") or "auto"  # see textgen.load_model
+TRUST_REMOTE_CODE = os.environ.get("TRUST_REMOTE_CODE", "").lower() in ("1", "true", "yes")
+PREFIX_CACHE_TOKENS = int(os.environ.get("PREFIX_CACHE_TOKENS", "4096"))  # KV of repeated openings kept; 0 = off
 
 EXAMPLES = [
     "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals,",
@@ -64,15 +71,19 @@ _fresh_seeds = random.SystemRandom()  # OS entropy: no other code's random.seed(
 class LocalBackend:
     """The model loaded in this process."""
 
-    def __init__(self, model_id: str, quantize: str | None = QUANTIZE):
-        self.model, self.tokenizer = textgen.load_model(model_id, quantize=quantize)
+    def __init__(self, model_id: str, quantize: str | None = QUANTIZE, dtype: str = DTYPE,
+                 trust_remote_code: bool = TRUST_REMOTE_CODE):
+        self.model, self.tokenizer = textgen.load_model(model_id, quantize=quantize, dtype=dtype,
+                                                        trust_remote_code=trust_remote_code)
+        self.precision = self.model.serving_dtype  # e.g. "bfloat16 (auto: the CPU computes bf16 (amx_bf16))"
         self.limits = textgen.Limits.for_model(self.model, self.tokenizer)
         self.defaults = textgen.sampling_defaults(self.model.generation_config)
         self.max_new_tokens = self.limits.max_total_tokens - 1
         self.source = model_id + (f" ({quantize})" if quantize else "")
         # Gradio's queue admits CONCURRENCY_LIMIT requests at once; the engine batches exactly those
         self.engine = textgen.Engine(self.model, self.tokenizer, limits=self.limits,
-                                     max_batch_size=CONCURRENCY_LIMIT, max_concurrent_requests=CONCURRENCY_LIMIT)
+                                     max_batch_size=CONCURRENCY_LIMIT, max_concurrent_requests=CONCURRENCY_LIMIT,
+                                     prefix_cache_tokens=PREFIX_CACHE_TOKENS)
 
     def stream(self, prompt: str, controls: dict) -> Iterator[str]:
         """The growing continuation; closing this generator cancels the generation."""
@@ -104,10 +115,12 @@ class TGIBackend:
         self.defaults = textgen.sampling_defaults(config)
         try:  # TGI's /info (InferenceClient.get_endpoint_info only knows the hf-inference provider)
             with urllib.request.urlopen(url.rstrip("/") + "/info", timeout=10) as response:
-                self.max_new_tokens = int(json.load(response)["max_total_tokens"]) - 1
+                info = json.load(response)
+            self.max_new_tokens = int(info["max_total_tokens"]) - 1
+            self.precision = info.get("dtype") or info.get("model_dtype")  # ours says why; TGI's the dtype alone
         except Exception as error:  # the endpoint may still be starting: keep a sensible slider
             logger.warning("could not read %s/info (%s)", url, error)
-            self.max_new_tokens = 1024
+            self.max_new_tokens, self.precision = 1024, None
         self.source = url
 
     def stream(self, prompt: str, controls: dict) -> Iterator[str]:
@@ -291,7 +304,8 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
                 # a Textbox, not a Number: gr.Number shows and sends 0 when empty, which would fix every seed
                 seed = gr.Textbox(value="", label="Seed", placeholder="random", max_lines=1, elem_id="seed",
                                   info="empty = a new random seed each time; a number gives the same text every time")
-                gr.Markdown(f"<small>Model: `{backend.source}`</small>")
+                precision = f" · precision: {backend.precision}" if backend.precision else ""
+                gr.Markdown(f"<small>Model: `{backend.source}`{html.escape(precision)}</small>", elem_id="model-info")
         gr.Examples(EXAMPLES, inputs=prompt)
         with gr.Accordion("History", open=True):
             history_panel = gr.HTML(history_html([]), elem_id="history", max_height=480)

@@ -15,7 +15,14 @@
   disconnects removes its sequence at the next step. Beyond `--max-concurrent-requests` in flight a request gets 429
   `overloaded`, like TGI; `/info` reports the batching limits under TGI's names. `--engine threads` serves each
   request with its own `generate()` thread instead (the server before the engine, kept for comparison).
-- `--quantize int8` serves int8 weights on CPU (textgen.Int8Linear); `--dtype bfloat16` serves bf16.
+- Prefix cache (`--prefix-cache-tokens`, 0 = off): the KV of recently prefilled prompt openings is kept, so a request
+  that starts like an earlier one prefills only what it adds; `/info` and `/metrics` (Prometheus text) report its hits,
+  the tokens it served and its size.
+- `--dtype auto` (the default) serves bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise
+  the model's own dtype, and `/info` says which (`model_dtype`, and why in `dtype`); `--dtype float32` is the exact
+  path. `--quantize int8` serves int8 weights on CPU (textgen.Int8Linear).
+- Remote code runs only when safe or asked: a native model (no `auto_map`) never runs any, a local export folder is
+  trusted (its code is on your disk), a Hub repo with remote code needs `--trust-remote-code` (pin `--revision`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 try:
@@ -117,6 +124,7 @@ class TGIServer:
             "model_id": self.model_id,
             "model_sha": None,
             "model_dtype": str(self.model.dtype),
+            "dtype": getattr(self.model, "serving_dtype", None),  # what --dtype chose, and why
             "model_device_type": self.model.device.type,
             "model_pipeline_tag": "text-generation",
             "max_concurrent_requests": self.max_concurrent_requests,
@@ -134,6 +142,16 @@ class TGIServer:
             "sha": None,
             "docker_label": None,
         }
+
+    def metrics(self) -> str:
+        """Prometheus text exposition: the engine's gauges and counters, prefixed `tgi_` as TGI's are."""
+        values = self.engine.metrics() if self.engine is not None else {
+            "requests_in_flight": sum(not g.done.is_set() for g in self.live)}
+        lines = []
+        for name, value in values.items():
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines += [f"# TYPE tgi_{name} {kind}", f"tgi_{name} {value}"]
+        return "\n".join(lines) + "\n"
 
     def start(self, req: GenerateRequest, *, asynchronous: bool = True) -> textgen.Generation:
         """Validate `req` (TGI's rules) and start its generation thread."""
@@ -321,6 +339,10 @@ def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None
     async def info():
         return server.info()
 
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(server.metrics(), media_type="text/plain; version=0.0.4")
+
     @app.get("/health")
     async def health():
         return Response(status_code=200)
@@ -356,14 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: %(default)s)")
     batching.add_argument("--max-waiting-tokens", type=int, default=20,
                           help="...or once this many decode steps went by without admitting (default: %(default)s)")
+    batching.add_argument("--prefix-cache-tokens", type=int, default=4096,
+                          help="tokens of prompt openings whose KV is kept for reuse (least recently used out first; "
+                               "0 turns the prefix cache off) (default: %(default)s)")
     batching.add_argument("--engine", choices=ENGINES, default="batch",
                           help="batch: one batching engine for all requests; threads: a generate() thread per request "
                                "(the former server, for comparison) (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="torch dtype to load the weights in, e.g. bfloat16")
+    parser.add_argument("--dtype", choices=textgen.DTYPE_CHOICES, default="auto",
+                        help="auto: bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise "
+                             "the model's own dtype; float32: the exact path (default: %(default)s)")
     parser.add_argument("--quantize", choices=textgen.QUANTIZE_CHOICES, default=None,
                         help="int8: int8 weights and per-token int8 activations, the CPU path")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a Hub model whose config.json has auto_map run its own code (pin --revision to a "
+                             "commit hash); a native model needs none, and a local folder's code is trusted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -375,14 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                                              quantize=args.quantize)
+                                              quantize=args.quantize, trust_remote_code=args.trust_remote_code)
         limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2
     engine_options = dict(max_batch_size=args.max_batch_size, max_batch_total_tokens=args.max_batch_total_tokens,
                           max_batch_prefill_tokens=args.max_batch_prefill_tokens,
-                          waiting_served_ratio=args.waiting_served_ratio, max_waiting_tokens=args.max_waiting_tokens)
+                          waiting_served_ratio=args.waiting_served_ratio, max_waiting_tokens=args.max_waiting_tokens,
+                          prefix_cache_tokens=args.prefix_cache_tokens)
     try:
         app = create_app(model, tokenizer, model_id=args.model, limits=limits, engine=args.engine,
                          max_concurrent_requests=args.max_concurrent_requests, engine_options=engine_options)

@@ -33,9 +33,10 @@ def generate(reference, prompt, **kwargs) -> str:
 def test_prompt_greedy_and_streamed(tiny_export, reference, capsys):
     expected = generate(reference, PROMPT, max_new_tokens=25, do_sample=False, top_k=None, top_p=None,
                         temperature=None)  # repetition_penalty: the model's default, as the CLI's
-    assert main([str(tiny_export), "--prompt", PROMPT, "--max-new-tokens", "25", "--greedy"]) == 0
+    assert main([str(tiny_export), "--prompt", PROMPT, "--dtype", "float32", "--max-new-tokens", "25", "--greedy"]) == 0
     assert capsys.readouterr().out == expected + "\n"
-    assert main([str(tiny_export), "--prompt", PROMPT, "--max-new-tokens", "25", "--greedy", "--stream"]) == 0
+    assert main([str(tiny_export), "--prompt", PROMPT, "--dtype", "float32", "--max-new-tokens", "25", "--greedy",
+                 "--stream"]) == 0
     assert capsys.readouterr().out.replace("\ufffd", "") == expected.replace("\ufffd", "") + "\n"
 
 
@@ -46,11 +47,12 @@ def test_sampling_uses_the_models_defaults_and_seed(tiny_export, reference, caps
     # generation_config (temperature, top-k, top-p, repetition penalty all taken from it).
     torch.manual_seed(11)
     expected = generate(reference, PROMPT, max_new_tokens=20)
-    assert main([str(tiny_export), "--prompt", PROMPT, "--max-new-tokens", "20", "--seed", "11"]) == 0
+    assert main([str(tiny_export), "--prompt", PROMPT, "--dtype", "float32", "--max-new-tokens", "20",
+                 "--seed", "11"]) == 0
     assert capsys.readouterr().out == expected + "\n"
     torch.manual_seed(11)
     hotter = generate(reference, PROMPT, max_new_tokens=20, temperature=2.0, top_k=5)
-    assert main([str(tiny_export), "--prompt", PROMPT, "--max-new-tokens", "20", "--seed", "11",
+    assert main([str(tiny_export), "--prompt", PROMPT, "--dtype", "float32", "--max-new-tokens", "20", "--seed", "11",
                  "--temperature", "2.0", "--top-k", "5"]) == 0
     assert capsys.readouterr().out == hotter + "\n"
 
@@ -60,8 +62,8 @@ def test_prompts_file_writes_json_lines(tiny_export, reference, tmp_path, capsys
     path = tmp_path / "prompts.txt"
     path.write_text("\n".join(prompts) + "\n")
     out = tmp_path / "out.jsonl"
-    assert main([str(tiny_export), "--prompts-file", str(path), "--max-new-tokens", "8", "--greedy",
-                 "--output", str(out)]) == 0
+    assert main([str(tiny_export), "--prompts-file", str(path), "--dtype", "float32", "--max-new-tokens", "8",
+                 "--greedy", "--output", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in lines] == [p for p in prompts if p]  # blank lines skipped
     for record in lines:
@@ -69,7 +71,8 @@ def test_prompts_file_writes_json_lines(tiny_export, reference, tmp_path, capsys
                                                     top_k=None, top_p=None, temperature=None)
         assert record["finish_reason"] in ("length", "eos_token") and record["generated_tokens"] <= 8
     # to stdout when no --output
-    assert main([str(tiny_export), "--prompts-file", str(path), "--max-new-tokens", "4", "--seed", "3"]) == 0
+    assert main([str(tiny_export), "--prompts-file", str(path), "--dtype", "float32", "--max-new-tokens", "4",
+                 "--seed", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
@@ -93,7 +96,7 @@ def test_interactive_changes_settings_in_place_and_quits(tiny_export, monkeypatc
         "never generated",
     ]) + "\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(session))
-    assert main([str(tiny_export), "--interactive", "--max-new-tokens", "9", "--seed", "5"]) == 0
+    assert main([str(tiny_export), "--interactive", "--dtype", "float32", "--max-new-tokens", "9", "--seed", "5"]) == 0
     out = capsys.readouterr().out
     assert "[9 tokens, length]" in out or "eos_token]" in out
     assert "temperature=0.7" in out and "max_new_tokens=6" in out

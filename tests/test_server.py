@@ -32,7 +32,8 @@ def server(small_export, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "victorian_gpt.cli", "serve", str(small_export), "--port", str(port)],
+            [sys.executable, "-m", "victorian_gpt.cli", "serve", str(small_export), "--port", str(port),
+             "--dtype", "float32"],  # the exact path: these tests compare with fp32 generate()
             stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
@@ -100,6 +101,7 @@ def test_info_and_health(server):
     assert info["max_concurrent_requests"] == 128 and info["max_batch_size"] == 32
     assert info["max_batch_total_tokens"] == 16384 and info["max_batch_prefill_tokens"] == 256
     assert info["waiting_served_ratio"] == 0.3 and info["max_waiting_tokens"] == 20
+    assert info["model_dtype"] == "torch.float32" and info["dtype"] == "float32 (asked)"
 
 
 def test_text_generation_client_matches_generate(server, reference):

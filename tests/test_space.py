@@ -28,7 +28,8 @@ def space(small_export, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("space") / "app.log"
     env = {**os.environ, "MODEL_ID": str(small_export), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+           "DTYPE": "float32"}  # the exact path: these tests compare with fp32 generate()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "spaces_app" / "app.py")], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))

@@ -5,10 +5,13 @@
     victorian-gpt generate MODEL --interactive
 
 Sampling defaults are the model's own (`generation_config.json`); the flags override them. Generation itself is the
-serving code's (the package spaces_app/textgen/), so the CLI, the Space and the TGI server validate and sample identically:
-`--prompt` and `--interactive` run `generate()` for their one request; `--prompts-file` puts all its prompts through
-the batching engine (`textgen.Engine`), which decodes up to `--batch-size` of them together. `--quantize int8` loads
-int8 weights (the CPU path), `--dtype bfloat16` bf16 ones.
+serving code's (the package spaces_app/textgen/), so the CLI, the Space and the TGI server validate and sample
+identically: `--prompt` and `--interactive` run `generate()` for their one request; `--prompts-file` puts all its
+prompts through the batching engine (`textgen.Engine`), which decodes up to `--batch-size` of them together. `--dtype
+auto` (the default) is bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise the model's own
+dtype; `--dtype float32` is the exact path; `--quantize int8` loads int8 weights (the CPU path). A Hub model with
+remote code (config.json with `auto_map`) runs it only with `--trust-remote-code`; a local folder's code is trusted,
+and a native model needs none.
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="with --prompts-file: prompts decoded together at most (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="torch dtype to load the weights in, e.g. bfloat16")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="auto: bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise "
+                             "the model's own dtype; float32: the exact path (default: %(default)s)")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit hash)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a Hub model whose config.json has auto_map run its own code (pin --revision to a "
+                             "commit hash); a native model needs none, and a local folder's code is trusted")
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="int8: int8 weights and per-token int8 activations, the CPU path")
     return parser
@@ -61,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from spaces_app import textgen
 
     try:
-        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                                              revision=args.revision, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2

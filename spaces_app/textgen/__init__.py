@@ -42,19 +42,20 @@ through the Auto classes, as a downloaded Space would). One concern per file:
 
     params.py      request parameters and their validation (TGI's rules): Limits, GenerationParameters, prepare_request
     errors.py      ValidationError, GenerationError, Overloaded
-    loading.py     load_model
+    loading.py     load_model: the dtype for the hardware (--dtype auto), the remote-code rule
     int8.py        Int8Linear, quantize_int8
     streaming.py   sampling and streaming: Token, TokenChooser, the stopping criteria, TokenStreamer
     request.py     the consumer's side every request shares
     threads.py     one request, one generate() thread: Generation, generate_text
     engine.py      the batching engine: Engine, BatchedGeneration
     kv_cache.py    the engine's KV cache layers
+    prefix_cache.py  the KV of recently prefilled prompt openings (PrefixCache)
 """
 
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
 from .int8 import Int8Linear, Int8Weight, quantize_int8
-from .loading import QUANTIZE_CHOICES, load_model
+from .loading import DTYPE_CHOICES, QUANTIZE_CHOICES, load_model, model_source, native_bf16, resolve_dtype
 from .params import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_STOP_SEQUENCES,
@@ -65,6 +66,7 @@ from .params import (
     prepare_request,
     sampling_defaults,
 )
+from .prefix_cache import PrefixCache
 from .request import active_generations
 from .streaming import (
     STREAM_TIMEOUT_S,
@@ -79,9 +81,10 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "DEFAULT_MAX_NEW_TOKENS", "Engine", "Generation",
-    "GenerationError", "GenerationParameters", "Int8Linear", "Int8Weight", "Limits", "MAX_STOP_SEQUENCES", "Overloaded",
-    "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S", "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer",
-    "ValidationError", "active_generations", "context_length", "control_parameters", "generate_text", "load_model",
-    "prepare_request", "quantize_int8", "sampling_defaults", "sampling_warpers",
+    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
+    "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Int8Weight", "Limits",
+    "MAX_STOP_SEQUENCES", "Overloaded", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
+    "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
+    "context_length", "control_parameters", "generate_text", "load_model", "model_source", "native_bf16",
+    "prepare_request", "quantize_int8", "resolve_dtype", "sampling_defaults", "sampling_warpers",
 ]

@@ -15,6 +15,7 @@ from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 from .errors import GenerationError, Overloaded, ValidationError
 from .kv_cache import _cache_layers, _left_pad, _new_cache, _release_freed_memory
 from .params import GenerationParameters, Limits
+from .prefix_cache import PrefixCache
 from .request import _eos_ids, _ids, _Request
 from .streaming import STREAM_TIMEOUT_S, sampling_warpers
 
@@ -40,6 +41,7 @@ class BatchedGeneration(_Request):
             self.processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         self.processors.extend(sampling_warpers(params))
         self.prefilled = 0  # prompt tokens already in `cache`
+        self.cached_tokens = 0  # of those, how many came from the prefix cache
         self.cache = None  # this request's own KV cache until it joins the batch
         self.reserved = 0  # tokens of the batch budget it holds (prompt + max_new_tokens) once admitted
         self.first_token_at: float | None = None
@@ -67,6 +69,9 @@ class Engine:
     position ids. Sequences that end (length, EOS, stop sequence) or are cancelled leave the batch (their rows are
     selected out of the cache, and columns that became padding everywhere are trimmed).
 
+    With `prefix_cache_tokens` > 0, a prompt whose opening (whole blocks of `prefix_cache_block_size` tokens) was
+    prefilled before starts from a copy of that KV and prefills only the rest (see prefix_cache.py).
+
     The model contract: `model(input_ids [B, T], attention_mask [B, past + T], position_ids [B, T], cache=Cache,
     use_cache=True, logits_to_keep=1)` returning `.logits`; any transformers causal LM taking a `DynamicCache`
     (ours, `GPT2LMHeadModel`, Llama...) fits.
@@ -75,7 +80,8 @@ class Engine:
     def __init__(self, model, tokenizer, *, limits: Limits | None = None, max_concurrent_requests: int = 128,
                  max_batch_size: int = 32, max_batch_total_tokens: int | None = None,
                  max_batch_prefill_tokens: int = 256, waiting_served_ratio: float = 0.3, max_waiting_tokens: int = 20,
-                 timeout: float | None = STREAM_TIMEOUT_S, name: str = "engine"):
+                 timeout: float | None = STREAM_TIMEOUT_S, name: str = "engine", prefix_cache_tokens: int = 0,
+                 prefix_cache_block_size: int = 16):
         self.model, self.tokenizer = model, tokenizer
         self.limits = limits or Limits.for_model(model, tokenizer)
         self.max_concurrent_requests = int(max_concurrent_requests)
@@ -93,6 +99,8 @@ class Engine:
         if self.max_batch_total_tokens < self.limits.max_total_tokens:
             raise ValueError(f"`max_batch_total_tokens` ({self.max_batch_total_tokens}) must be >= `max_total_tokens` "
                              f"({self.limits.max_total_tokens}), or no request of full length could ever run")
+        self.prefix_cache = PrefixCache(int(prefix_cache_tokens), int(prefix_cache_block_size))
+        self.prefilled_tokens = 0  # prompt tokens computed so far (not counting those the prefix cache served)
         self.eos_ids = _eos_ids(model)
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -156,6 +164,24 @@ class Engine:
             "max_batch_prefill_tokens": self.max_batch_prefill_tokens,
             "max_waiting_tokens": self.max_waiting_tokens,
             "waiting_served_ratio": self.waiting_served_ratio,
+            **self.prefix_cache.stats(),
+        }
+
+    def metrics(self) -> dict:
+        """Counters and gauges for /metrics (Prometheus): the batch, the queue and the prefix cache."""
+        return {
+            "requests_in_flight": self.in_flight(),
+            "batch_current_size": len(self._running),
+            "queue_size": len(self._waiting) + len(self._incoming),
+            "decode_steps_total": self.steps,
+            "prefill_tokens_total": self.prefilled_tokens,
+            "prefix_cache_hits_total": self.prefix_cache.hits,
+            "prefix_cache_lookups_total": self.prefix_cache.lookups,
+            "prefix_cache_tokens_served_total": self.prefix_cache.tokens_served,
+            "prefix_cache_evictions_total": self.prefix_cache.evictions,
+            "prefix_cache_size_tokens": self.prefix_cache.size_tokens,
+            "prefix_cache_bytes": self.prefix_cache.bytes,
+            "prefix_cache_max_tokens": self.prefix_cache.max_tokens,
         }
 
     def close(self, timeout: float | None = 30.0):
@@ -267,17 +293,22 @@ class Engine:
         while self._prefilling and budget > 0:
             generation = self._prefilling[0]
             try:
+                if generation.cache is None:  # its first chunk: start from the longest cached prefix, if any
+                    found, generation.cache = self.prefix_cache.lookup(generation.input_ids, self.model.config)
+                    generation.prefilled = generation.cached_tokens = found
+                    if generation.cache is None:
+                        generation.cache = _new_cache(self.model.config)
                 start = generation.prefilled
                 chunk = generation.input_ids[start : start + budget]
-                if generation.cache is None:
-                    generation.cache = _new_cache(self.model.config)
                 logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
                                        [list(range(start, start + len(chunk)))], generation.cache)
                 generation.prefilled += len(chunk)
+                self.prefilled_tokens += len(chunk)
                 budget -= len(chunk)
                 if generation.prefilled < len(generation.input_ids):
                     continue  # the rest of this prompt in the next step
                 self._prefilling.pop(0)
+                self._remember_prompt(generation)
                 if not self._emit(generation, self._choose(generation, logits)):
                     self._join(generation)
             except Exception as error:
@@ -285,6 +316,16 @@ class Engine:
                     self._prefilling.remove(generation)
                 generation.cache = None
                 self._fail(generation, error)
+
+    def _remember_prompt(self, generation: BatchedGeneration):
+        """Store a fully prefilled prompt's blocks in the prefix cache. A failure here costs the cache an entry, never
+        the request (the cache's index is only changed once every copy was made)."""
+        if not self.prefix_cache.enabled:
+            return
+        try:
+            self.prefix_cache.insert(generation.input_ids, generation.cache)
+        except Exception:
+            logger.exception("%s: could not store its prompt in the prefix cache", generation.name)
 
     def _join(self, generation: BatchedGeneration):
         """Merge a prefilled request's KV cache into the batch's (left padding to the longer of the two)."""

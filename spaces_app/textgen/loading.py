@@ -1,6 +1,19 @@
-"""Model loading: a Hub id or a local export folder, through transformers' Auto classes."""
+"""Model loading: a Hub id or a local folder, through transformers' Auto classes, in the precision chosen for the
+hardware (`--dtype auto`), running a repository's own code only when that is safe or asked for.
+
+Remote code. A model whose config.json has `auto_map` runs its own Python when loaded. A native model (no
+`auto_map`: e.g. what `victorian-gpt convert --to transformers` writes) loads with `trust_remote_code=False`. A
+remote-code local folder is trusted (its code is on your disk, as the export wrote it); a remote-code Hub repo needs
+`trust_remote_code=True` (`--trust-remote-code`, `TRUST_REMOTE_CODE=1` in the Space), best with the revision pinned
+to a commit hash so that the code cannot change after it was read. Otherwise loading stops with a one-line error
+before anything is downloaded but config.json. The fine-tuning and evaluation code applies the same rule.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -8,27 +21,140 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .int8 import quantize_int8
 
 QUANTIZE_CHOICES = ("int8",)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product instructions
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: str | torch.device, flags: set[str] | None = None) -> str | None:
+    """Why `device` computes bf16 natively (a short reason), or None if it does not.
+
+    CPU: AVX-512 BF16 or AMX (oneDNN's bf16 GEMMs run on them; without them bf16 is emulated and slower than fp32;
+    `torch.backends.cpu.get_cpu_capability()` says only "AVX512", so the flags are read from /proc/cpuinfo).
+    CUDA: `torch.cuda.is_bf16_supported()` (Ampere and later).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "the GPU computes bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        found = [flag for flag in NATIVE_BF16_CPU_FLAGS if flag in (cpu_flags() if flags is None else flags)]
+        return f"the CPU computes bf16 ({', '.join(found)})" if found else None
+    return None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device, model_dtype: torch.dtype,
+                  quantize: str | None = None, flags: set[str] | None = None) -> tuple[torch.dtype, str]:
+    """(the dtype to load in, why): `auto` is bf16 where the device computes it natively, otherwise the model's own
+    dtype (`model_dtype`); int8 keeps the model's own dtype around its integer GEMMs; None is the model's own."""
+    if isinstance(dtype, torch.dtype):
+        return dtype, "asked"
+    if dtype is None:
+        return model_dtype, "the model's own"
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype), "asked"
+    if quantize:
+        return model_dtype, f"auto: the model's own, around {quantize}"
+    reason = native_bf16(device, flags)
+    if reason and model_dtype in (torch.float32, torch.bfloat16):
+        return torch.bfloat16, f"auto: {reason}"
+    return model_dtype, "auto: the model's own (no native bf16 here)"
+
+
+
+def is_local_model(name: str) -> bool:
+    """A path (existing, or spelt as one) rather than a Hub id."""
+    path = Path(os.path.expanduser(name))
+    return path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False) -> dict:
+    """Read `name`'s config.json (a local folder, or the Hub through `hf_hub_download`, which honours HF_HUB_OFFLINE
+    and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config", "trust_remote_code"};
+    raises a one-line ValueError (or FileNotFoundError) before any weights or code are fetched."""
+    if is_local_model(name):
+        folder = Path(os.path.expanduser(name))
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{name!r}: no such folder (nor a Hub model id)")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{name!r} has no config.json: not a model folder")
+        config = json.loads((folder / "config.json").read_text())
+        return {"name": str(folder), "local": True, "config": config, "trust_remote_code": "auto_map" in config}
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        path = hf_hub_download(name, "config.json", revision=revision)
+    except HFValidationError as error:
+        raise ValueError(f"{name!r} is neither a local folder nor a valid Hub model id ({error})") from None
+    except LocalEntryNotFoundError:
+        raise ValueError(f"{name!r}{at} is not in the local Hub cache and the Hub cannot be reached "
+                         "(offline: HF_HUB_OFFLINE=1?); check the id and revision, or download it first") from None
+    except RevisionNotFoundError:
+        raise ValueError(f"{name!r} has no revision {revision!r} on the Hub") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"{name!r} is not a model repository on the Hub (or it is private or gated: log in with "
+                         "`hf auth login`)") from None
+    except EntryNotFoundError:
+        raise ValueError(f"{name!r}{at} has no config.json: not a transformers model") from None
+    config = json.loads(Path(path).read_text())
+    remote = "auto_map" in config
+    if remote and not trust_remote_code:
+        raise ValueError(f"{name!r} runs its own code (config.json has auto_map): read it, then pass "
+                         "--trust-remote-code (TRUST_REMOTE_CODE=1 in the Space), with --revision pinned to a commit "
+                         "hash so the code cannot change under you")
+    return {"name": name, "local": False, "config": config, "trust_remote_code": remote}
+
+
+def _config_dtype(config: dict) -> torch.dtype:
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.dtype | None = None, revision=None,
-               quantize: str | None = None):
-    """(model, tokenizer) from a Hub id or a local export folder, through the Auto classes with remote code.
+               quantize: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) from a Hub id or a local folder, through the Auto classes.
 
+    `dtype`: "auto" (what the front ends default to) is bf16 where the device computes it natively (AVX-512 BF16 or
+    AMX on a CPU, Ampere or later on a GPU), otherwise the model's own dtype; "float32" is the exact path; None is the
+    model's own dtype. The choice and its reason are kept as `model.serving_dtype` (shown by /info and the Space).
     `quantize="int8"` replaces the model's linear layers (GPT-2 `Conv1D` or `nn.Linear`, the output head included)
     with `Int8Linear` after loading: the CPU path, about a third of fp32's bytes per token.
+    `trust_remote_code`: see the module's docstring; a native model never runs remote code.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
     if quantize and torch.device(device).type != "cpu":
         raise ValueError(f"--quantize {quantize} is the CPU path; on {device} use --dtype bfloat16 instead")
-    if isinstance(dtype, str) and dtype != "auto":
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r} (e.g. float32, bfloat16, float16)")
-        dtype = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True, revision=revision)
-    model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=True, revision=revision, dtype=dtype)
+    source = model_source(model_id, revision, trust_remote_code)
+    chosen, why = resolve_dtype(dtype, device, _config_dtype(source["config"]), quantize)
+    trust = source["trust_remote_code"]
+    tokenizer = AutoTokenizer.from_pretrained(source["name"], trust_remote_code=trust, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(source["name"], trust_remote_code=trust, revision=revision,
+                                                 dtype=chosen)
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
+    model.serving_dtype = f"{str(model.dtype).removeprefix('torch.')} ({why})"
     return model, tokenizer

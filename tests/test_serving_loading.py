@@ -1,0 +1,126 @@
+"""How the serving front ends load a model: `--dtype auto` and the remote-code rule (textgen.load_model), and native
+folders (`victorian-gpt convert --to transformers`) giving the same tokens as the remote-code export."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import torch
+
+from spaces_app import textgen
+
+PROMPTS = ["It was a dark and stormy night; the rain fell in torrents", "Mr. Pickwick",
+           "The fog lay thick upon the river, and the lamplighter had scarcely begun", "A"]
+
+
+def test_dtype_auto_is_bf16_only_where_the_hardware_computes_it():
+    auto = textgen.resolve_dtype
+    assert auto("auto", "cpu", torch.float32, flags={"avx512f", "amx_bf16"})[0] == torch.bfloat16
+    assert auto("auto", "cpu", torch.float32, flags={"avx512f", "avx512_bf16"})[0] == torch.bfloat16
+    assert auto("auto", "cpu", torch.float32, flags={"avx2", "avx512f"}) == (
+        torch.float32, "auto: the model's own (no native bf16 here)")
+    assert auto("auto", "cpu", torch.float16, flags={"amx_bf16"})[0] == torch.float16  # a half model stays half
+    assert auto("auto", "cpu", torch.float32, quantize="int8", flags={"amx_bf16"})[0] == torch.float32
+    assert auto("float32", "cpu", torch.float32, flags={"amx_bf16"}) == (torch.float32, "asked")
+    assert auto(None, "cpu", torch.float32, flags={"amx_bf16"})[0] == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        auto("float8", "cpu", torch.float32)
+
+
+def test_load_model_auto_follows_this_machine_and_float32_is_exact(tiny_export):
+    native = textgen.native_bf16("cpu")  # this machine's /proc/cpuinfo
+    model, _ = textgen.load_model(str(tiny_export), dtype="auto")
+    assert model.dtype == (torch.bfloat16 if native else torch.float32)
+    assert model.serving_dtype.startswith("bfloat16 (auto: the CPU computes bf16" if native else "float32 (auto:")
+    model, _ = textgen.load_model(str(tiny_export), dtype="float32")
+    assert model.dtype == torch.float32 and model.serving_dtype == "float32 (asked)"
+
+
+def put_in_hub_cache(folder, cache, repo_id: str, commit: str = "a" * 40):
+    """`folder` as the Hub cache holds a downloaded snapshot of `repo_id` (what hf_hub_download reads offline)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def native_folders(tiny_export, tmp_path_factory, tiny_tokenizer_dir):
+    """(remote-code export, its native folder) for both recipes: GPT-2 (GPT2LMHeadModel) and modern (Qwen3)."""
+    from transformers import AutoTokenizer
+
+    from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
+    from victorian_gpt.convert import to_transformers
+    from victorian_gpt.export import save_model_folder
+
+    root = tmp_path_factory.mktemp("native")
+    torch.manual_seed(0)
+    model = VictorianGPTForCausalLM(VictorianGPTConfig.from_preset("modern-tiny"))
+    with torch.no_grad():  # the recipe starts its head (and residual outputs) at zero: every logit would tie
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    modern = save_model_folder(model, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), root / "modern-export")
+    return [(export, to_transformers(export, root / f"{name}-native")) for name, export in
+            (("gpt2", tiny_export), ("modern", modern))]
+
+
+def test_remote_code_runs_only_when_trusted_or_local(native_folders, hub_cache, capsys):
+    from victorian_gpt.generation_cli import main as generate_main
+
+    (export, native), _ = native_folders
+    put_in_hub_cache(export, hub_cache, "someone/remote-code")
+    put_in_hub_cache(native, hub_cache, "someone/native")
+    # a Hub repo with remote code: a one-line error before any weights are read, naming the flag and --revision
+    with pytest.raises(ValueError, match=r"runs its own code .*--trust-remote-code.*--revision"):
+        textgen.load_model("someone/remote-code")
+    assert generate_main(["someone/remote-code", "--prompt", "It was"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--trust-remote-code" in err
+    # ...which loads once asked
+    model, _ = textgen.load_model("someone/remote-code", trust_remote_code=True, dtype="float32")
+    assert type(model).__name__ == "VictorianGPTForCausalLM"
+    # a native repo needs no trust; a local remote-code folder is trusted by default
+    model, _ = textgen.load_model("someone/native", dtype="float32")
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    model, _ = textgen.load_model(str(export), dtype="float32")
+    assert type(model).__name__ == "VictorianGPTForCausalLM"
+
+
+def engine_ids(model, tokenizer, prompts, max_new_tokens=12):
+    """Greedy tokens of `prompts` through one engine, staggered so that they share a left-padded batch."""
+    limits = textgen.Limits.for_model(model, tokenizer)
+    with textgen.Engine(model, tokenizer, limits=limits) as engine:
+        generations = []
+        for prompt in prompts:
+            generations.append(engine.submit(*textgen.prepare_request(tokenizer, prompt, limits,
+                                                                      max_new_tokens=max_new_tokens)))
+            time.sleep(0.01)
+        out = [[t.id for t in g] for g in generations]
+        assert engine.peak_batch_size > 1
+    return out
+
+
+def test_native_folder_gives_the_remote_code_tokens(native_folders):
+    """generate() alone, the engine's left-padded batch and the thread path: the same tokens on both folders."""
+    for export, native in native_folders:
+        (ours, tokenizer), (theirs, native_tokenizer) = (textgen.load_model(str(f), dtype="float32")
+                                                         for f in (export, native))
+        assert type(theirs).__name__ in ("GPT2LMHeadModel", "Qwen3ForCausalLM")
+        assert tokenizer(PROMPTS[0]).input_ids == native_tokenizer(PROMPTS[0]).input_ids
+        batched = engine_ids(ours, tokenizer, PROMPTS)
+        assert engine_ids(theirs, native_tokenizer, PROMPTS) == batched, type(theirs).__name__
+        for model, tok in ((ours, tokenizer), (theirs, native_tokenizer)):
+            assert textgen.generate_text(model, tok, PROMPTS[0], max_new_tokens=12) == \
+                tokenizer.decode(batched[0], skip_special_tokens=True)
