@@ -217,3 +217,52 @@ def write_pg19_folder(folder: Path, books: dict[str, tuple[int, int]] | None = N
         else:
             (folder / f"{split}{suffix}").write_text(lines, encoding="utf-8")
     return folder
+
+
+GUTENBERG_HEADER = """\ufeffThe Project Gutenberg EBook of {title}, by A. Synthetic Author\r
+\r
+This eBook is for the use of anyone anywhere at no cost and with\r
+almost no restrictions whatsoever.\r
+\r
+Title: {title}\r
+\r
+Author: A. Synthetic Author\r
+\r
+*** START OF THIS PROJECT GUTENBERG EBOOK {upper} ***\r
+\r
+"""
+GUTENBERG_FOOTER = """\r
+\r
+End of the Project Gutenberg EBook of {title}, by A. Synthetic Author\r
+\r
+*** END OF THIS PROJECT GUTENBERG EBOOK {upper} ***\r
+\r
+***** This file should be named 12345-0.txt or 12345-0.zip *****\r
+*** START: FULL LICENSE ***\r
+THE FULL PROJECT GUTENBERG LICENSE\r
+"""
+
+
+def gutenberg_txt(title: str, body: str) -> str:
+    """`body` wrapped as a Project Gutenberg `.txt` file is: byte-order mark, CRLF lines, licence header with a
+    `Title:` line and `*** START OF ... ***`, then `*** END OF ... ***` and the licence."""
+    return (GUTENBERG_HEADER.format(title=title, upper=title.upper()) + body.replace("\n", "\r\n")
+            + GUTENBERG_FOOTER.format(title=title, upper=title.upper()))
+
+
+def write_txt_books(folder: Path, books: int = 5, length: int = 30_000, gutenberg: bool = True,
+                    layout: dict[str, int] | None = None) -> Path:
+    """`books` generated novels as `.txt` files named after their titles (`The_Grey_Letter.txt`), each wrapped in a
+    Gutenberg header and footer when `gutenberg`. `layout` (split -> number of books) writes `train/`, `validation/`
+    and `test/` subfolders instead of a flat folder. Returns `folder`."""
+    folder = Path(folder)
+    plan = [(split, i) for split, n in (layout or {"": books}).items() for i in range(n)]
+    for k, (split, i) in enumerate(plan):
+        rng = random.Random(f"txt-title-{k}")
+        title = f"The {rng.choice(ADJECTIVES).title()} {rng.choice(TITLE_NOUNS)} {_roman(k + 1)}"
+        body = make_book(f"txt-{k}", length)
+        target = folder / split if split else folder
+        target.mkdir(parents=True, exist_ok=True)
+        text = gutenberg_txt(title, body) if gutenberg else body
+        (target / (title.replace(" ", "_") + ".txt")).write_bytes(text.encode("utf-8"))
+    return folder

@@ -20,12 +20,28 @@ from victorian_gpt.sources import DEFAULT_DATASET
 @dataclass
 class TrainingConfig:
     # --- model and tokenizer
-    model_preset: str = "gpt2-124m"  # a name in victorian_gpt.PRESETS
+    model_preset: str | None = None  # a name in victorian_gpt.PRESETS; None: gpt2-124m (or, fine-tuning, the model's)
     model_overrides: dict = field(default_factory=dict)  # VictorianGPTConfig fields, e.g. {n_layer: 4, resid_pdrop: 0.0}
+    # --- fine-tuning: start from an export folder or Hub repo instead of random weights (its tokenizer too)
+    model_name_or_path: str | None = None  # a local export (remote-code or native) or a Hub model id
+    revision: str | None = None  # the Hub revision (branch, tag or commit hash) of model_name_or_path
+    trust_remote_code: bool = False  # needed for a Hub repo whose config.json has auto_map (a local folder is trusted)
+    finetuning_type: str = "full"  # "full" (every weight) or "lora" (low-rank adapters, with peft)
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list | None = None  # module names; None: the attention and MLP projections of the model
+    lora_export: str = "merged"  # "merged" (a standalone model) or "adapter" (adapter_config.json + adapter weights)
+    general_dataset: str | None = None  # a second source measured before and after fine-tuning (what was forgotten)
+    general_split: str = "test"
     tokenizer: str | None = None  # a tokenizer folder; None: train one on the training split, saved in output_dir
     tokenizer_max_books: int | None = None  # books used to train that tokenizer (None: the whole split)
     # --- data
-    dataset: str = DEFAULT_DATASET  # Hub dataset id or local PG19-format folder/file
+    dataset: str = DEFAULT_DATASET  # Hub dataset id, local PG19-format folder/file, or .txt books (folder or file)
+    strip_gutenberg: bool = True  # .txt books: cut Project Gutenberg's header and footer when present
+    validation_split_percentage: float = 10.0  # flat .txt folder: books held out for validation (at least 1 if > 0)
+    test_split_percentage: float = 10.0  # flat .txt folder: books held out for the test split (at least 1 if > 0)
+    split_seed: int = 0  # flat .txt folder: the seed of that split by book
     prepared_data: str | None = None  # a folder written by `python -m training.prepare` (used instead of `dataset`)
     train_split: str = "train"
     validation_split: str = "validation"
@@ -88,6 +104,12 @@ class TrainingConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def text_options(self) -> dict:
+        """How `.txt` books are read and split (`victorian_gpt.sources.TextOptions`)."""
+        return {k: getattr(self, k) for k in ("strip_gutenberg", "validation_split_percentage",
+                                              "test_split_percentage", "split_seed")}
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
 _TYPES = typing.get_type_hints(TrainingConfig)
@@ -119,6 +141,13 @@ def _coerce(name: str, value):
             return int(float(value)) if isinstance(value, str) else int(value)
         if base is float:
             return float(value)
+        if base is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [
+                    v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return list(value)
         if base is dict:
             value = yaml.safe_load(value) if isinstance(value, str) else value
             if not isinstance(value, dict):
@@ -158,7 +187,8 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
                           ("optimizer", ("adamw", "muon")), ("lr_scheduler_type", ("cosine", "warmup_stable_decay")),
                           ("decay_type", ("linear", "cosine", "1-sqrt")),
                           ("muon_adjust_lr_fn", ("match_rms_adamw", "original")),
-                          ("metric_for_best_model", ("bits_per_byte", "loss", "perplexity", "word_perplexity"))):
+                          ("metric_for_best_model", ("bits_per_byte", "loss", "perplexity", "word_perplexity")),
+                          ("finetuning_type", ("full", "lora")), ("lora_export", ("merged", "adapter"))):
         if getattr(config, name) not in allowed:
             raise ValueError(f"config key {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
     for name in ("tokens_per_step", "micro_batch_size", "max_steps"):
@@ -171,6 +201,23 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
                          f"{config.early_stopping_patience}")
     if (config.early_stopping_patience or config.load_best_model_at_end) and not config.eval_steps:
         raise ValueError("early_stopping_patience and load_best_model_at_end need periodic evaluations: set eval_steps")
+    if config.finetuning_type == "lora":
+        if config.model_name_or_path is None:
+            raise ValueError("finetuning_type 'lora' adapts an existing model: set model_name_or_path")
+        if config.optimizer != "adamw":
+            raise ValueError("finetuning_type 'lora' trains the adapters with AdamW; set optimizer: adamw")
+        if config.lora_r < 1 or config.lora_alpha <= 0 or not 0.0 <= config.lora_dropout < 1.0:
+            raise ValueError(f"LoRA needs lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1; got r="
+                             f"{config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}")
+        if config.lora_target_modules is not None and not config.lora_target_modules:
+            raise ValueError("lora_target_modules is empty; leave it null for the attention and MLP projections")
+    elif config.lora_export != "merged":
+        raise ValueError("lora_export applies to finetuning_type 'lora' only")
+    if config.revision is not None and config.model_name_or_path is None:
+        raise ValueError("revision names a revision of model_name_or_path, which is not set")
+    for name in ("validation_split_percentage", "test_split_percentage"):
+        if not 0.0 <= getattr(config, name) < 100.0:
+            raise ValueError(f"config key {name!r} must be between 0 and 100, got {getattr(config, name)}")
     if not 0.0 <= config.decay_ratio <= 1.0:
         raise ValueError(f"config key 'decay_ratio' must be between 0 and 1, got {config.decay_ratio}")
     return config

@@ -211,14 +211,15 @@ class BookReader(IterableDataset):
     """
 
     def __init__(self, source, split, tokenizer, rank=0, world_size=1, sharding="books", endless=True,
-                 max_books=None, start=None):
+                 max_books=None, start=None, text_options=None):
         self.source, self.split, self.tokenizer = source, split, tokenizer
+        self.text_options = text_options
         self.rank, self.world_size, self.sharding = rank, world_size, sharding
         self.endless, self.max_books = endless, max_books
         self.start = start or {"epoch": 0, "dataset_state": None, "books_read": 0}
 
     def _dataset(self):
-        dataset = load_text_dataset(self.source, split=self.split)
+        dataset = load_text_dataset(self.source, split=self.split, text_options=self.text_options)
         if self.sharding == "books" and self.world_size > 1:
             from datasets.distributed import split_dataset_by_node
 
@@ -265,7 +266,8 @@ class PackedBlocks:
     """
 
     def __init__(self, source, split, tokenizer, block_size, rank=0, world_size=1, sharding="books",
-                 shuffle_buffer=1000, seed=0, skip_blocks=0, endless=True, max_books=None, num_workers=0):
+                 shuffle_buffer=1000, seed=0, skip_blocks=0, endless=True, max_books=None, num_workers=0,
+                 text_options=None):
         if sharding not in ("books", "blocks"):
             raise ValueError(f"data_sharding must be 'books' or 'blocks', got {sharding!r}")
         if num_workers > 1:
@@ -274,6 +276,7 @@ class PackedBlocks:
         self.rank, self.world_size, self.sharding = rank, world_size, sharding
         self.shuffle_buffer, self.seed, self.skip_blocks = shuffle_buffer, seed, skip_blocks
         self.endless, self.max_books, self.num_workers = endless, max_books, num_workers
+        self.text_options = text_options  # how .txt books are read and split (victorian_gpt.sources.TextOptions)
         self._start_epoch(0)
         self.reader = {"epoch": 0, "dataset_state": None, "books_read": 0}  # where the reader resumes
         self._loader = None
@@ -334,7 +337,8 @@ class PackedBlocks:
     def _books(self):
         self.close()
         reader = BookReader(self.source, self.split, self.tokenizer, self.rank, self.world_size, self.sharding,
-                            endless=self.endless, max_books=self.max_books, start=dict(self.reader))
+                            endless=self.endless, max_books=self.max_books, start=dict(self.reader),
+                            text_options=self.text_options)
         self._loader = iter(DataLoader(reader, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
                                        prefetch_factor=2 * TOKENIZE_BATCH_BOOKS if self.num_workers else None,
                                        generator=torch.Generator(),  # never draw from the global RNG (exact resume)
@@ -552,7 +556,7 @@ def read_prepared_meta(folder) -> dict:
 
 
 def prepare(source: str, tokenizer, output_dir, splits=("train", "validation", "test"),
-            shard_tokens: int = SHARD_TOKENS, max_books: int | None = None) -> dict:
+            shard_tokens: int = SHARD_TOKENS, max_books: int | None = None, text_options=None) -> dict:
     """Tokenize each split of `source` once into `{split}-NNNNN.bin` uint16 shards (EOS after every book)."""
     from tqdm.auto import tqdm
 
@@ -561,9 +565,11 @@ def prepare(source: str, tokenizer, output_dir, splits=("train", "validation", "
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     meta = {"source": source, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "splits": {}}
+    if text_options is not None:
+        meta["text_options"] = dict(text_options)
     for split in splits:
         try:
-            dataset = load_text_dataset(source, split=split)
+            dataset = load_text_dataset(source, split=split, text_options=text_options)
         except ValueError as error:
             if f"no {split!r} split" in str(error):
                 continue

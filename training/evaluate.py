@@ -22,6 +22,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from victorian_gpt.sources import add_text_arguments
+
 from .data import PackedBlocks, count_words, make_dataloader, token_byte_lengths, token_word_tables
 
 
@@ -31,14 +33,16 @@ def lm_loss(model, block: torch.Tensor, reduction: str = "mean") -> torch.Tensor
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), block[:, 1:].reshape(-1), reduction=reduction)
 
 
-def eval_blocks(source, split, tokenizer, block_size, max_blocks=None, rank=0, world_size=1, prepared_data=None):
+def eval_blocks(source, split, tokenizer, block_size, max_blocks=None, rank=0, world_size=1, prepared_data=None,
+                text_options=None):
     """The first `max_blocks` blocks of a split in file order (no shuffle); rank r takes every N-th one."""
     if prepared_data is not None:
         from .data import PreparedBlocks
 
         dataset = PreparedBlocks(prepared_data, split, block_size, endless=False, shuffle=False)
     else:
-        dataset = PackedBlocks(source, split, tokenizer, block_size, sharding="blocks", shuffle_buffer=0, endless=False)
+        dataset = PackedBlocks(source, split, tokenizer, block_size, sharding="blocks", shuffle_buffer=0, endless=False,
+                               text_options=text_options)
     for j, item in enumerate(dataset):
         if max_blocks is not None and j >= max_blocks:
             return
@@ -107,33 +111,40 @@ def main(argv: list[str] | None = None) -> int:
         "model as JSON. word_perplexity = exp(total NLL / words), a word being a whitespace-separated run of "
         "characters of the original text (as str.split() counts them) that starts in a predicted token.",
     )
-    parser.add_argument("model", help="an exported model folder or Hub repo id")
-    parser.add_argument("--dataset", default=None, help="Hub dataset id or local PG19-format folder/file")
+    parser.add_argument("model", help="an exported model folder (or a LoRA adapter folder) or Hub repo id")
+    parser.add_argument("--revision", default=None, help="the Hub revision (branch, tag or commit hash) of the model")
+    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true",
+                        help="allow a Hub model whose config.json has auto_map to run its code (a local folder is "
+                        "trusted); pin --revision to a commit hash")
+    parser.add_argument("--dataset", default=None,
+                        help="Hub dataset id, local PG19-format folder/file, or .txt books (folder or file)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--block_size", "--block-size", type=int, default=None, help="default: the model's context")
     parser.add_argument("--max_eval_samples", "--max-eval-samples", type=int, default=None,
                         help="evaluate the first N blocks only (default: the whole split)")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_text_arguments(parser)
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from victorian_gpt.sources import DEFAULT_DATASET, load_text_dataset, text_options_from_args
 
-    from victorian_gpt.sources import DEFAULT_DATASET, load_text_dataset
+    from .finetune import context_length, load_for_eval
 
     dataset = args.dataset or DEFAULT_DATASET
-    try:  # fail on the data before loading the model
-        load_text_dataset(dataset, split=args.split)
+    text_options = text_options_from_args(args)
+    try:  # fail on the data, the model id/revision and the remote-code rule before loading any weights
+        load_text_dataset(dataset, split=args.split, text_options=text_options)
+        model, tokenizer = load_for_eval(args.model, args.revision, args.trust_remote_code)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    # exported folders carry their modeling code (auto_map); this is what loading them from the Hub requires
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).to(device)
-    block_size = args.block_size or model.config.n_positions
-    if block_size > model.config.n_positions:
-        parser.error(f"--block_size {block_size} exceeds the model's context ({model.config.n_positions})")
-    blocks = eval_blocks(dataset, args.split, tokenizer, block_size, args.max_eval_samples)
+    model = model.to(device)
+    n_positions = context_length(model.config)
+    block_size = args.block_size or n_positions
+    if block_size > n_positions:
+        parser.error(f"--block_size {block_size} exceeds the model's context ({n_positions})")
+    blocks = eval_blocks(dataset, args.split, tokenizer, block_size, args.max_eval_samples, text_options=text_options)
     result = evaluate_blocks(model, blocks, text_measures(tokenizer), args.batch_size, device)
     result = {"model": args.model, "dataset": dataset, "split": args.split, "block_size": block_size, **result}
     json.dump(result, sys.stdout, indent=2)

@@ -44,6 +44,7 @@ from .config import FIELDS, TrainingConfig, load_config, parse_overrides
 from .optim import build_optimizer, lr_factor, set_learning_rates
 
 METRICS = "metrics.jsonl"
+DEFAULT_PRESET = "gpt2-124m"  # the model trained from scratch when model_preset is not set
 PROMPTS = [  # Victorian openings for the samples shown at each evaluation
     "It was a dark and stormy night; the rain fell in torrents",
     "My dear Sir, I have the honour to inform you that",
@@ -71,12 +72,19 @@ def check_inputs(config: TrainingConfig):
     from transformers import AutoTokenizer
 
     from victorian_gpt import VictorianGPTConfig
-    from victorian_gpt.sources import load_text_dataset
+    from victorian_gpt.sources import is_txt_source, load_text_dataset
 
-    model_config = VictorianGPTConfig.from_preset(config.model_preset, **config.model_overrides)
-    block_size = config.block_size or model_config.n_positions
-    if block_size > model_config.n_positions:
-        raise ValueError(f"block_size {block_size} exceeds the model's context n_positions={model_config.n_positions}")
+    from .finetune import check_start, context_length
+
+    if config.model_name_or_path is not None:  # fine-tuning: the model fixes the architecture and the tokenizer
+        model_config, start_tokenizer = check_start(config)
+    else:
+        model_config = VictorianGPTConfig.from_preset(config.model_preset or DEFAULT_PRESET, **config.model_overrides)
+        start_tokenizer = None
+    n_positions = context_length(model_config)
+    block_size = config.block_size or n_positions
+    if block_size > n_positions:
+        raise ValueError(f"block_size {block_size} exceeds the model's context n_positions={n_positions}")
 
     output_dir = Path(config.output_dir)
     if config.resume_from_checkpoint:
@@ -87,20 +95,33 @@ def check_inputs(config: TrainingConfig):
             "latest, choose another --output_dir, or pass --overwrite_output_dir"
         )
 
+    sources = [(config.dataset, split) for split in (config.train_split, config.validation_split)]
+    if config.general_dataset is not None:
+        sources.append((config.general_dataset, config.general_split))
+    if config.prepared_data is not None:
+        sources = sources[2:]
+    for source, split in sources:
+        # missing path, deepmind/pg19, known columns; .txt books: no files, empty or binary files, too few to split
+        dataset = load_text_dataset(source, split=split, text_options=config.text_options)
+        first = next(iter(dataset), None)  # JSON Lines declare no columns: look at the first row
+        if first is None:
+            raise ValueError(f"{source} ({split}) is empty")
+        if not isinstance(first.get("text"), str):
+            raise ValueError(f"{source} ({split}) has no 'text' field; its fields are {sorted(first)}")
     if config.prepared_data is None:
-        for split in (config.train_split, config.validation_split):
-            dataset = load_text_dataset(config.dataset, split=split)  # missing path, deepmind/pg19, known columns
-            first = next(iter(dataset), None)  # JSON Lines declare no columns: look at the first row
-            if first is None:
-                raise ValueError(f"{config.dataset} ({split}) is empty")
-            if not isinstance(first.get("text"), str):
-                raise ValueError(f"{config.dataset} ({split}) has no 'text' field; its fields are {sorted(first)}")
+        if config.test_split and is_txt_source(config.dataset):  # a .txt folder without it fails now, not at the end
+            load_text_dataset(config.dataset, split=config.test_split, text_options=config.text_options)
     else:
         from .data import read_prepared_meta
 
         meta = read_prepared_meta(config.prepared_data)
-        if config.tokenizer is None:
+        if config.tokenizer is None and start_tokenizer is None:
             raise ValueError("prepared_data needs the tokenizer it was prepared with: set `tokenizer`")
+        if start_tokenizer is not None and meta["vocab_size"] != len(start_tokenizer):
+            raise ValueError(f"{config.prepared_data} was prepared with a {meta['vocab_size']}-token tokenizer, not "
+                             f"{config.model_name_or_path}'s {len(start_tokenizer)}-token one")
+    if start_tokenizer is not None:
+        return model_config, start_tokenizer
 
     tokenizer_dir = config.tokenizer or (output_dir / "tokenizer" if config.resume_from_checkpoint else None)
     tokenizer = None
@@ -178,6 +199,8 @@ def train(config: TrainingConfig, checked=None) -> dict:
         try:
             if s.run["step"] == 0 and config.eval_on_start and config.max_steps > 0:
                 evaluate(s, 0)
+            if s.run["step"] == 0 and config.model_name_or_path is not None:
+                measure_before(s)
             stopped_by = train_loop(s, interrupt)
         finally:
             if hasattr(s.train_data, "close"):
@@ -217,12 +240,13 @@ def end_training(s: Session):
 def setup(config: TrainingConfig, checked=None) -> Session:
     """Accelerator, tokenizer, model and optimizer, then the checkpoint's state, this rank's data stream and logs."""
     from .evaluate import text_measures
+    from .finetune import context_length
 
     started = time.time()
     model_config, tokenizer = checked or check_inputs(config)
     output_dir = Path(config.output_dir)
     resume_dir = find_checkpoint(output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
-    block_size = config.block_size or model_config.n_positions
+    block_size = config.block_size or context_length(model_config)
     accelerator, accumulation = make_accelerator(config, block_size)
     prepare_output_dir(accelerator, output_dir, config, fresh=resume_dir is None)
     tokenizer = tokenizer or make_tokenizer(accelerator, config, model_config, output_dir)
@@ -234,7 +258,7 @@ def setup(config: TrainingConfig, checked=None) -> Session:
                 run={"step": 0, "tokens_seen": 0, "books_seen": 0, "wall_time_s": 0.0, "train_time_s": 0.0,
                      "nonfinite_in_row": 0, "gradient_accumulation_steps": accumulation,
                      "num_processes": accelerator.num_processes, "best_step": None, "best_metric": None,
-                     "best_eval": None, "evals_without_improvement": 0})
+                     "best_eval": None, "evals_without_improvement": 0, "before": None})
     data_state = resume(s, resume_dir) if resume_dir is not None else None
     s.clock = s.run["train_time_s"]
     s.model_flops = flops_per_token(model_config, block_size)
@@ -242,6 +266,12 @@ def setup(config: TrainingConfig, checked=None) -> Session:
     open_train_data(s, data_state, resumed=resume_dir is not None)
     s.measures = text_measures(tokenizer)
     open_logs(s)
+    if config.model_name_or_path is not None and s.accelerator.is_main_process:
+        from .finetune import count_parameters
+
+        trainable, total = count_parameters(raw_model)
+        s.accelerator.print(f"fine-tuning {config.model_name_or_path} ({config.finetuning_type}): {trainable:,} of "
+                            f"{total:,} parameters trainable ({100 * trainable / total:.2f}%)")
     return s
 
 
@@ -292,21 +322,27 @@ def make_tokenizer(accelerator, config: TrainingConfig, model_config, output_dir
     if accelerator.is_main_process:
         train_tokenizer_from_source(config.dataset, model_config.vocab_size, str(tokenizer_dir),
                                     split=config.train_split, max_books=config.tokenizer_max_books,
-                                    model_max_length=model_config.n_positions)
+                                    model_max_length=model_config.n_positions, text_options=config.text_options)
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def build_model(accelerator, config: TrainingConfig, model_config):
-    """Same seed everywhere (identical initial weights), then per-rank seeds (dropout streams)."""
+    """Same seed everywhere (identical initial weights), then per-rank seeds (dropout streams). Fine-tuning: the
+    starting model's weights (and, for LoRA, the adapters, seeded alike)."""
     import torch
     from accelerate.utils import set_seed
 
     from victorian_gpt import VictorianGPTForCausalLM
 
+    from .finetune import load_start_model
+
     set_seed(config.seed)
-    model = raw_model = VictorianGPTForCausalLM(model_config)
-    if config.gradient_checkpointing:  # transformers 5.23 renamed gradient_checkpointing_enable
+    if config.model_name_or_path is not None:
+        model = raw_model = load_start_model(config, model_config)
+    else:
+        model = raw_model = VictorianGPTForCausalLM(model_config)
+    if config.gradient_checkpointing and config.finetuning_type != "lora":  # transformers 5.23 renamed it
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     optimizer = build_optimizer(model, config, fused=accelerator.device.type == "cuda")
     if config.torch_compile:
@@ -344,7 +380,7 @@ def open_train_data(s: Session, data_state: dict | None, resumed: bool):
         s.train_data = PackedBlocks(config.dataset, config.train_split, s.tokenizer, s.block_size,
                                     acc.process_index, acc.num_processes, sharding=config.data_sharding,
                                     shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-                                    num_workers=config.dataloader_num_workers)
+                                    num_workers=config.dataloader_num_workers, text_options=config.text_options)
     if data_state is not None:
         s.train_data.load_state_dict(data_state)
     elif resumed:  # an older checkpoint: find the place by re-reading the blocks already trained on
@@ -489,14 +525,33 @@ def checkpoint(s: Session) -> Path:
 # --- evaluation
 
 
-def evaluate_split(s: Session, split: str) -> dict:
+def evaluate_split(s: Session, split: str, dataset: str | None = None) -> dict:
+    """Figures on `split` of the training data (or of `dataset`, e.g. `general_dataset`)."""
     from .evaluate import eval_blocks, evaluate_blocks
 
     config, acc = s.config, s.accelerator
-    blocks = eval_blocks(config.dataset, split, s.tokenizer, s.block_size, config.max_eval_samples,
-                         acc.process_index, acc.num_processes, config.prepared_data)
+    blocks = eval_blocks(dataset or config.dataset, split, s.tokenizer, s.block_size, config.max_eval_samples,
+                         acc.process_index, acc.num_processes, None if dataset else config.prepared_data,
+                         text_options=config.text_options)
     return evaluate_blocks(s.raw_model, blocks, s.measures, config.per_device_eval_batch_size or
                            config.micro_batch_size, s.device, acc)
+
+
+def measure_before(s: Session):
+    """Fine-tuning: the starting model's figures on the fine-tuning data's held-out books (validation, test) and on
+    `general_dataset`, kept in the trainer state (a resumed run still knows them) for the card's before/after."""
+    config = s.config
+    before = {}
+    if s.last_eval[0] == 0:
+        before["validation"] = s.last_eval[1]
+    else:
+        before["validation"] = evaluate_split(s, config.validation_split)
+    if config.test_split:
+        before["test"] = evaluate_split(s, config.test_split)
+    if config.general_dataset:
+        before["general"] = evaluate_split(s, config.general_split, config.general_dataset)
+    s.run["before"] = before
+    s.record({"step": 0, "before": before})
 
 
 def evaluate(s: Session, step: int, final: bool = False) -> str | None:
@@ -564,24 +619,31 @@ def export(s: Session, early_stopped: bool = False) -> dict:
     if config.test_split:
         final["test"] = evaluate_split(s, config.test_split)
         s.record({"step": exported_step, "test": final["test"]})
+    general = None  # not a split of the training data: only in the fine-tuning before/after
+    if config.general_dataset:
+        general = evaluate_split(s, config.general_split, config.general_dataset)
+        s.record({"step": exported_step, "general": general})
     export_dir = s.output_dir / "model"
     if acc.is_main_process:
-        write_export(s, export_dir, final, exported_step, early_stopped)
+        write_export(s, export_dir, final, exported_step, early_stopped, general)
     acc.wait_for_everyone()
     end_training(s)
-    return {"interrupted": False, "export_dir": str(export_dir), **run, "eval": final,
+    return {"interrupted": False, "export_dir": str(export_dir), **run, "eval": final, "general_eval": general,
             "exported_step": exported_step, "early_stopped": early_stopped}
 
 
-def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, early_stopped: bool):
+def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, early_stopped: bool,
+                 general: dict | None = None):
     import torch
 
     import victorian_gpt
     from victorian_gpt.export import save_model_folder
 
+    from .finetune import count_parameters, is_peft_model, save_adapter_folder
+
     run, config = s.run, s.config
     summary = {
-        "model_preset": config.model_preset,
+        "model_preset": config.model_preset or (None if config.model_name_or_path else DEFAULT_PRESET),
         "model_config": s.model_config.to_dict(),
         "training_config": config.to_dict(),
         "dataset": config.prepared_data or config.dataset,
@@ -618,9 +680,32 @@ def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, 
         "torch_version": torch.__version__.split("+")[0],
         "victorian_gpt_version": victorian_gpt.__version__,
     }
+    if config.model_name_or_path is not None:
+        trainable, total = count_parameters(s.raw_model)
+        summary["finetuning"] = {
+            "base_model": config.model_name_or_path,
+            "revision": config.revision,
+            "finetuning_type": config.finetuning_type,
+            "base_model_relation": "adapter" if config.lora_export == "adapter" and config.finetuning_type == "lora"
+            else "finetune",
+            **({"lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                         "target_modules": sorted(s.raw_model.peft_config["default"].target_modules),
+                         "export": config.lora_export}} if config.finetuning_type == "lora" else {}),
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "dataset": config.prepared_data or config.dataset,
+            "general_dataset": config.general_dataset,
+            "general_split": config.general_split if config.general_dataset else None,
+            "before": run.get("before"),
+            "after": {**final, **({"general": general} if general else {})},
+        }
     extra = {"training_summary.json": json.dumps(summary, indent=2).encode(),
              "loss_curve.png": plot_loss_curve(s.history)}
-    save_model_folder(s.raw_model, s.tokenizer, export_dir, extra_files=extra)
+    if is_peft_model(s.raw_model) and config.lora_export == "adapter":
+        save_adapter_folder(s.raw_model, s.tokenizer, export_dir, extra_files=extra)
+    else:  # merged: a standalone model, loaded like any export
+        model = s.raw_model.merge_and_unload() if is_peft_model(s.raw_model) else s.raw_model
+        save_model_folder(model, s.tokenizer, export_dir, extra_files=extra)
     s.accelerator.print(f"exported {export_dir} (step {exported_step}): validation bits/byte "
                         f"{final['validation']['bits_per_byte']:.4f}, {run['tokens_seen']:,} tokens in "
                         f"{run['wall_time_s']:.0f}s")
@@ -632,8 +717,9 @@ def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, 
 
 def flops_per_token(model_config, block_size: int) -> float:
     """Training FLOPs per token (forward + backward): 6N + the attention matmuls (PaLM appendix B, as nanoGPT)."""
-    n = model_config.n_layer * 12 * model_config.n_embd**2 + model_config.vocab_size * model_config.n_embd
-    return 6 * n + 12 * model_config.n_layer * model_config.n_embd * block_size
+    n_layer, n_embd = model_config.num_hidden_layers, model_config.hidden_size
+    n = n_layer * 12 * n_embd**2 + model_config.vocab_size * n_embd
+    return 6 * n + 12 * n_layer * n_embd * block_size
 
 
 def peak_flops(device, mixed_precision: str = "no") -> tuple[float, str]:

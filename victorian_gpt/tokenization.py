@@ -73,15 +73,17 @@ def train_tokenizer_from_source(
     max_books: int | None = None,
     min_frequency: int = 2,
     model_max_length: int = 2048,
+    text_options=None,
 ) -> PreTrainedTokenizerFast:
-    """Stream `split` of a PG19-format source (Hub id or local path) into the trainer and save the result."""
+    """Stream `split` of a text source (Hub id, local PG19-format path or .txt books) into the trainer and save the
+    result. `text_options`: how .txt books are read and split (`sources.TextOptions`)."""
     from itertools import islice
 
     from tqdm.auto import tqdm
 
     from .sources import load_text_dataset
 
-    dataset = load_text_dataset(source, split=split)
+    dataset = load_text_dataset(source, split=split, text_options=text_options)
     books = tqdm(islice(dataset, max_books), desc="tokenizer: books", unit="book", total=max_books)
     texts = (row["text"] for row in books)
     tokenizer = train_tokenizer(texts, vocab_size, min_frequency=min_frequency, model_max_length=model_max_length)
@@ -111,18 +113,27 @@ def save_tokenizer(tokenizer, output_dir: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from .sources import add_text_arguments
+
     parser = argparse.ArgumentParser(
         prog="victorian-gpt tokenizer", description="Train a byte-level BPE tokenizer on PG19-format text."
     )
-    parser.add_argument("--dataset", default=None, help="Hub dataset id or local PG19-format folder/file")
+    parser.add_argument("--dataset", default=None,
+                        help="Hub dataset id, local PG19-format folder/file, or .txt books (folder or file)")
     parser.add_argument("--vocab-size", type=int, default=50304, help="vocabulary size, special tokens included")
     parser.add_argument("--output", required=True, help="folder to write tokenizer.json and tokenizer_config.json")
     parser.add_argument("--split", default="train")
     parser.add_argument("--max-books", type=int, default=None, help="train on the first N books only")
     parser.add_argument("--min-frequency", type=int, default=2)
     parser.add_argument("--model-max-length", type=int, default=2048)
+    add_text_arguments(parser)
     args = parser.parse_args(argv)
-    from .sources import DEFAULT_DATASET
+    from .sources import DEFAULT_DATASET, load_text_dataset, text_options_from_args
+
+    try:  # a missing path, no .txt files, an empty or binary book: one line, before any training
+        load_text_dataset(args.dataset or DEFAULT_DATASET, split=args.split, text_options=text_options_from_args(args))
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
 
     tokenizer = train_tokenizer_from_source(
         args.dataset or DEFAULT_DATASET,
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         max_books=args.max_books,
         min_frequency=args.min_frequency,
         model_max_length=args.model_max_length,
+        text_options=text_options_from_args(args),
     )
     print(f"saved a {len(tokenizer)}-token tokenizer to {args.output}")
     return 0

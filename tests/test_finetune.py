@@ -1,0 +1,260 @@
+"""Fine-tuning from an existing model (`model_name_or_path`): full and LoRA, from an export folder and from a Hub-layout
+repo (a local stand-in of the Hub cache, offline), on `.txt` books and PG19-format data; the first evaluation equals
+`victorian-gpt eval`; LoRA with 2 gloo processes, accumulation, bf16 and exact resume; merged and adapter exports;
+every bad input a one-line error before any compute, with nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthetic_pg19 import write_txt_books
+from test_training import TINY_CONFIG, launch_2, metrics, run, step_losses
+from training.evaluate import main as eval_main
+from training.train import main as train_main
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+FAST = ["--report_to", "none", "--max_eval_samples", "8", "--num_samples", "0", "--save_steps", "0",
+        "--per_device_eval_batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def txt_books(tmp_path_factory) -> Path:
+    """Five generated novels as Gutenberg `.txt` files (flat folder: 3 train, 1 validation, 1 test by default)."""
+    return write_txt_books(tmp_path_factory.mktemp("books") / "novels", books=5, length=20_000)
+
+
+@pytest.fixture(scope="module")
+def modern_export(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny export in the modern layout (nn.Linear projections, SwiGLU, untied head)."""
+    from transformers import AutoTokenizer
+
+    from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
+    from victorian_gpt.export import save_model_folder
+
+    torch.manual_seed(0)
+    model = VictorianGPTForCausalLM(VictorianGPTConfig.from_preset("modern-tiny"))
+    torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the modern head starts at zero: give it something
+    return save_model_folder(model, AutoTokenizer.from_pretrained(tiny_tokenizer_dir),
+                             tmp_path_factory.mktemp("export") / "modern-tiny")
+
+
+def ft_args(out: Path, model: Path | str, data: Path, *extra: str) -> list[str]:
+    return ["--config", TINY_CONFIG, "--model_preset", "none", "--model_name_or_path", str(model),
+            "--dataset", str(data), "--output_dir", str(out), *FAST, *extra]
+
+
+def hub_cache(root: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
+    """`folder` laid out as the Hub cache holds a downloaded repo: models--owner--name/{refs/main, snapshots/<sha>}."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return root
+
+
+def load_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_full_finetune_of_an_export_on_txt_books_starts_where_victorian_gpt_eval_says(
+        tmp_path, tiny_export, txt_books, pg19_tiny, capsys):
+    out = tmp_path / "run"
+    assert train_main(ft_args(out, tiny_export, txt_books, "--max_steps", "4", "--eval_steps", "2",
+                              "--general_dataset", str(pg19_tiny))) == 0
+    first = next(m["eval"] for m in metrics(out) if "eval" in m and m["step"] == 0)
+    capsys.readouterr()
+    # the starting model through the evaluation command, on the same blocks: the weights really were loaded
+    assert eval_main([str(tiny_export), "--dataset", str(txt_books), "--split", "validation",
+                      "--max_eval_samples", "8", "--batch_size", "8"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["tokens"] == first["tokens"] and cli["bytes"] == first["bytes"] and cli["words"] == first["words"]
+    assert cli["loss"] == pytest.approx(first["loss"], rel=1e-6)
+    assert cli["bits_per_byte"] == pytest.approx(first["bits_per_byte"], rel=1e-6)
+
+    model_dir = out / "model"
+    summary = json.loads((model_dir / "training_summary.json").read_text())
+    ft = summary["finetuning"]
+    assert ft["base_model"] == str(tiny_export) and ft["base_model_relation"] == "finetune"
+    assert ft["finetuning_type"] == "full" and ft["trainable_parameters"] == ft["total_parameters"] > 0
+    assert ft["before"]["validation"] == first
+    assert set(ft["before"]) == set(ft["after"]) == {"validation", "test", "general"}
+    assert ft["after"]["validation"]["bits_per_byte"] < ft["before"]["validation"]["bits_per_byte"]
+    assert ft["after"]["general"]["tokens"] == ft["before"]["general"]["tokens"] > 0
+    assert summary["model_preset"] is None and summary["dataset"] == str(txt_books)
+    # the same architecture and tokenizer, new weights; no tokenizer was trained
+    base_config = json.loads((tiny_export / "config.json").read_text())
+    new_config = json.loads((model_dir / "config.json").read_text())
+    for key in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size", "auto_map", "weight_layout"):
+        assert new_config[key] == base_config[key], key
+    assert (model_dir / "tokenizer.json").read_text() == (tiny_export / "tokenizer.json").read_text()
+    assert not (out / "tokenizer").exists()
+    before, after = load_weights(tiny_export), load_weights(model_dir)
+    assert before.keys() == after.keys()
+    assert not torch.equal(before["transformer.h.0.attn.c_attn.weight"], after["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_lora_merged_export_of_the_linear_layout_is_a_plain_export(tmp_path, modern_export, pg19_tiny):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    # bf16 autocast: its own process (accelerate's state is set once per process)
+    run([sys.executable, "-m", "training.train", *ft_args(
+        out, modern_export, pg19_tiny, "--finetuning_type", "lora", "--max_steps", "3", "--eval_steps", "0",
+        "--lora_r", "4", "--learning_rate", "1e-2", "--mixed_precision", "bf16", "--test_split", "none")])
+    model_dir = out / "model"
+    assert not (model_dir / "adapter_config.json").exists()
+    before, after = load_weights(modern_export), load_weights(model_dir)
+    assert before.keys() == after.keys()  # no lora_A/lora_B: merged into the base weights
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # every attention and MLP projection moved, nothing else did (embeddings, norms, head are not adapted)
+    assert changed == {k for k in before if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))}
+    summary = json.loads((model_dir / "training_summary.json").read_text())
+    lora = summary["finetuning"]["lora"]
+    assert lora["target_modules"] == ["c_attn", "c_fc", "c_proj"] and lora["r"] == 4 and lora["export"] == "merged"
+    assert summary["finetuning"]["base_model_relation"] == "finetune"
+    assert summary["finetuning"]["trainable_parameters"] < summary["finetuning"]["total_parameters"] / 5
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+    assert type(model).__name__ == "VictorianGPTForCausalLM"
+
+
+def test_lora_with_two_processes_accumulation_and_exact_resume_exports_an_adapter(
+        tmp_path, tiny_export, txt_books):
+    """GPT-2's Conv1D layout (peft's fan_in_fan_out), 2 gloo processes x accumulation 2, LoRA dropout on (the RNG
+    states must come back too): the resumed run's losses equal the uninterrupted run's; the adapter loads with
+    PeftModel.from_pretrained and with transformers' own adapter loading, alike."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    common = ft_args(tmp_path / "x", tiny_export, txt_books, "--finetuning_type", "lora", "--lora_export", "adapter",
+                     "--lora_dropout", "0.1", "--learning_rate", "1e-2", "--max_steps", "4", "--eval_steps", "0",
+                     "--eval_on_start", "false", "--save_steps", "2", "--tokens_per_step", "4096",
+                     "--test_split", "none", "--shuffle_buffer", "8", "--data_sharding", "blocks")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run([*launch_2(), "-m", "training.train", *common, "--output_dir", str(straight)])
+    reference = step_losses(straight)
+    assert sorted(reference) == [1, 2, 3, 4]
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_4")
+    shutil.rmtree(resumed / "model")
+    run([*launch_2(), "-m", "training.train", *common, "--output_dir", str(resumed),
+         "--resume_from_checkpoint", "latest"])
+    assert step_losses(resumed) == reference  # bit for bit
+    summary = json.loads((straight / "model" / "training_summary.json").read_text())
+    assert summary["gradient_accumulation_steps"] == 2 and summary["num_processes"] == 2
+
+    adapter = resumed / "model"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_export) and config["peft_type"] == "LORA"
+    assert sorted(config["target_modules"]) == ["c_attn", "c_fc", "c_proj"] and config["fan_in_fan_out"] is True
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    assert json.loads((adapter / "training_summary.json").read_text())["finetuning"]["base_model_relation"] == "adapter"
+    ids = torch.arange(40).reshape(2, 20) % 500
+    base = AutoModelForCausalLM.from_pretrained(tiny_export, trust_remote_code=True)
+    base_logits = base(input_ids=ids).logits
+    with_peft = PeftModel.from_pretrained(base, str(adapter))(input_ids=ids).logits
+    by_transformers = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True)(input_ids=ids).logits
+    assert torch.allclose(with_peft, by_transformers, atol=1e-6)
+    assert not torch.allclose(with_peft, base_logits, atol=1e-4)  # the adapter does something
+
+
+def test_a_hub_repo_with_remote_code_needs_trust_and_trains_from_the_hub_cache(
+        tmp_path, tiny_export, pg19_tiny, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    cache = hub_cache(tmp_path / "hub", "someone/tiny-victorian-gpt", tiny_export)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    out = tmp_path / "run"
+    args = ft_args(out, "someone/tiny-victorian-gpt", pg19_tiny, "--max_steps", "2", "--eval_steps", "0",
+                   "--test_split", "none")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "auto_map" in error and "trust_remote_code: true" in error and "revision" in error
+    assert not out.exists()
+    assert train_main([*args, "--trust_remote_code", "--revision", COMMIT]) == 0
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["finetuning"]["base_model"] == "someone/tiny-victorian-gpt"
+    assert summary["finetuning"]["revision"] == COMMIT
+    capsys.readouterr()
+    # the evaluation command follows the same rule
+    with pytest.raises(SystemExit):
+        eval_main(["someone/tiny-victorian-gpt", "--dataset", str(pg19_tiny), "--split", "validation"])
+    assert "--trust-remote-code" in capsys.readouterr().err
+    assert eval_main(["someone/tiny-victorian-gpt", "--trust-remote-code", "--revision", COMMIT, "--dataset",
+                      str(pg19_tiny), "--split", "validation", "--max_eval_samples", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 4 * 128
+
+
+def _bad(tmp_path, txt_books, tiny_export, tiny_tokenizer_dir, pg19_tiny, case):
+    """(argv, words the one-line error must hold) for each bad input of the issue."""
+    empty_dir = tmp_path / "no-books"
+    (empty_dir / "notes").mkdir(parents=True)
+    (empty_dir / "notes" / "README.md").write_text("not a book")
+    books = tmp_path / "books"
+    if case in ("empty_file", "binary_file"):
+        shutil.copytree(txt_books, books)
+        if case == "empty_file":
+            (books / "Empty.txt").write_text("")
+        else:
+            (books / "Picture.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    other_tokenizer = tmp_path / "other-tokenizer"
+    if case == "tokenizer_mismatch":
+        from victorian_gpt.tokenization import train_tokenizer_from_source
+
+        train_tokenizer_from_source(str(txt_books), vocab_size=300, output_dir=str(other_tokenizer),
+                                    max_books=1)
+    data = {"no_txt": empty_dir, "empty_file": books, "binary_file": books}.get(case, txt_books)
+    extra = {
+        "hub_id_missing": ["--model_name_or_path", "nobody/no-such-model"],
+        "revision_missing": ["--model_name_or_path", "someone/tiny-victorian-gpt", "--revision", "v9.9",
+                             "--trust_remote_code"],
+        "tokenizer_mismatch": ["--tokenizer", str(other_tokenizer)],
+        "lora_target": ["--finetuning_type", "lora", "--lora_target_modules", "c_attn,q_proj"],
+        "lora_without_peft": ["--finetuning_type", "lora"],
+        "preset_contradiction": ["--model_preset", "small"],
+        "override_contradiction": ["--model_overrides", "{n_layer: 4, resid_pdrop: 0.1}"],
+    }.get(case, [])
+    words = {"no_txt": "no .txt books found", "empty_file": "Empty.txt is empty", "binary_file": "Picture.txt is a binary",
+             "hub_id_missing": "nobody/no-such-model", "revision_missing": "'v9.9'",
+             "tokenizer_mismatch": "does not match", "lora_target": "['q_proj'] match no linear module",
+             "lora_without_peft": "pip install", "preset_contradiction": "model_preset 'small' contradicts",
+             "override_contradiction": "n_layer=4"}[case]
+    args = ft_args(tmp_path / "out", tiny_export, data, "--max_steps", "2")
+    return args + extra, words
+
+
+@pytest.mark.parametrize("case", ["no_txt", "empty_file", "binary_file", "hub_id_missing", "revision_missing",
+                                  "tokenizer_mismatch", "lora_target", "lora_without_peft", "preset_contradiction",
+                                  "override_contradiction"])
+def test_bad_input_is_one_line_before_any_compute_and_nothing_is_written(
+        case, tmp_path, txt_books, tiny_export, tiny_tokenizer_dir, pg19_tiny, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", "someone/tiny-victorian-gpt",
+                                                                 tiny_export)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    if case == "lora_without_peft":
+        monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError, as when not installed
+    args, words = _bad(tmp_path, txt_books, tiny_export, tiny_tokenizer_dir, pg19_tiny, case)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    message = err[-1]
+    assert message.startswith("victorian-gpt train: error: ") and words in message, err
+    assert not (tmp_path / "out").exists()
