@@ -34,6 +34,8 @@ REQUIRED_FILES = (
     "generation_config.json",
 )
 WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
+# A LoRA adapter exported alone (`lora_export: adapter`): peft's two files, the tokenizer, no model code or weights.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json")
 PAPER_URL = "https://arxiv.org/abs/1911.05507"
 # Model-index metrics: token perplexity, bits per byte and PG19's word-level perplexity (loss is in the card's table).
 MODEL_INDEX_METRICS = {"perplexity": "Perplexity", "bits_per_byte": "Bits per byte",
@@ -46,8 +48,14 @@ class ExportError(ValueError):
     """The export folder cannot be described or published (a file is missing or unreadable)."""
 
 
+def is_adapter(export_dir: Path) -> bool:
+    return (export_dir / "adapter_config.json").is_file() and not (export_dir / "config.json").is_file()
+
+
 def missing_files(export_dir: Path) -> list[str]:
     """Files an export must hold that `export_dir` lacks (weights count as present when single or sharded)."""
+    if is_adapter(export_dir):
+        return [name for name in ADAPTER_FILES if not (export_dir / name).is_file()]
     missing = [name for name in REQUIRED_FILES if not (export_dir / name).is_file()]
     if not (export_dir / WEIGHTS_FILE).is_file() and not (export_dir / WEIGHTS_INDEX).is_file():
         missing.append(WEIGHTS_FILE)
@@ -71,6 +79,8 @@ def count_parameters(export_dir: Path) -> int:
     """
     if (export_dir / WEIGHTS_INDEX).is_file():
         files = sorted(set(_read_json(export_dir / WEIGHTS_INDEX)["weight_map"].values()))
+    elif is_adapter(export_dir):
+        files = ["adapter_model.safetensors"]
     else:
         files = [WEIGHTS_FILE]
     total = 0
@@ -136,14 +146,44 @@ def _weights_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _finetuning(summary: dict, base_model: str | None) -> dict | None:
+    """What the card says of a fine-tune: its base (a Hub id for the model tree, else a local name), relation, data,
+    and the before/after figures on the fine-tuning data's held-out books and on the general split."""
+    ft = summary.get("finetuning")
+    if not ft:
+        return None
+    base = base_model or ft.get("base_model") or ""
+    base_is_hub = is_hub_dataset(base)  # the same `owner/name` test
+    before, after = ft.get("before") or {}, ft.get("after") or {}
+    names = {"validation": "held-out books (validation)", "test": "held-out books (test)",
+             "general": f"general text: `{Path(ft['general_dataset']).name if ft.get('general_dataset') else '?'}`"
+                        f" ({ft.get('general_split')})"}
+    rows = []
+    for key, label in names.items():
+        b, a = (before.get(key) or {}).get("bits_per_byte"), (after.get(key) or {}).get("bits_per_byte")
+        if b is None or a is None:
+            continue
+        rows.append(dict(label=label, before=f"{b:.4f}", after=f"{a:.4f}", change=f"{100 * (a / b - 1):+.1f} %"))
+    dataset = ft.get("dataset") or summary.get("dataset") or "unknown"
+    lora = ft.get("lora")
+    return dict(base=base if base_is_hub else Path(base).name, base_is_hub=base_is_hub,
+                revision=ft.get("revision"), relation=ft.get("base_model_relation") or "finetune",
+                type=ft.get("finetuning_type"), lora=lora, dataset=dataset if is_hub_dataset(dataset)
+                else Path(dataset).name, dataset_is_hub=is_hub_dataset(dataset),
+                trainable=_fmt(ft.get("trainable_parameters"), "{:,}"), total=_fmt(ft.get("total_parameters"), "{:,}"),
+                rows=rows)
+
+
 def build_card(
     export_dir: str | os.PathLike,
     repo_id: str | None = None,
     revision: str | None = None,
     license: str = "apache-2.0",
+    base_model: str | None = None,
 ) -> ModelCard:
     """The model card for `export_dir`. `repo_id` is where it will live (for the usage snippet); `revision` the
-    commit to pin in that snippet (default "main", with a note to pin a commit hash)."""
+    commit to pin in that snippet (default "main", with a note to pin a commit hash). A fine-tune names its base
+    (`base_model`: the Hub id of a base that training read from a local folder) and `base_model_relation`."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise ExportError(f"{export_dir} is not a folder")
@@ -155,9 +195,14 @@ def build_card(
             f"{export_dir / SUMMARY_FILE} not found: the card reports the training run's measured facts and "
             "will not invent them (training writes this file into its export)"
         )
-    config = _read_json(export_dir / "config.json")
-    generation = _read_json(export_dir / "generation_config.json")
     summary = _read_json(export_dir / SUMMARY_FILE)
+    adapter = is_adapter(export_dir)
+    if adapter:  # the architecture is the base's; generation defaults are the base's too
+        config, generation = summary.get("model_config") or {}, {}
+    else:
+        config = _read_json(export_dir / "config.json")
+        generation = _read_json(export_dir / "generation_config.json")
+    finetuning = _finetuning(summary, base_model)
 
     model_name = export_dir.name if repo_id is None else repo_id.split("/")[-1]
     repo_id = repo_id or f"your-username/{export_dir.name}"
@@ -175,8 +220,10 @@ def build_card(
                     EvalResult(
                         task_type="text-generation",
                         task_name="Causal language modeling",
-                        dataset_type=dataset if dataset_is_hub else "pg19",
-                        dataset_name="PG19" if dataset_is_hub else f"PG19 (local copy: {Path(dataset).name})",
+                        dataset_type=dataset if dataset_is_hub else ("text" if finetuning else "pg19"),
+                        dataset_name=("PG19" if dataset_is_hub and not finetuning else dataset if dataset_is_hub
+                                      else f"{Path(dataset).name} (held-out books)" if finetuning
+                                      else f"PG19 (local copy: {Path(dataset).name})"),
                         dataset_split=split,
                         metric_type=key,
                         metric_name=pretty,
@@ -196,15 +243,22 @@ def build_card(
             )
         )
 
+    tags = ["text-generation", "gpt", "victorian", "pg19", "custom_code", "safetensors"]
+    extra = {}
+    if finetuning:
+        tags += ["fine-tuned"] + (["lora", "peft"] if finetuning["type"] == "lora" else [])
+        if finetuning["base_is_hub"]:  # the Hub's model tree: https://huggingface.co/docs/hub/model-cards
+            extra = {"base_model": finetuning["base"], "base_model_relation": finetuning["relation"]}
     card_data = ModelCardData(
         language="en",
         license=license,
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=["text-generation", "gpt", "victorian", "pg19", "custom_code", "safetensors"],
+        tags=tags,
         datasets=[dataset] if dataset_is_hub else None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
+        **extra,
     )
 
     s = summary
@@ -240,7 +294,8 @@ def build_card(
         revision=revision or "main",
         revision_pinned=revision is not None,
         config=config,
-        n_params=_human(count_parameters(export_dir)),
+        n_params=_human(count_parameters(export_dir) if not adapter else  # the base's, not the adapter's
+                        summary["finetuning"]["total_parameters"] - summary["finetuning"]["trainable_parameters"]),
         summary=summary,
         dataset=dataset if dataset_is_hub else Path(dataset).name,  # a local path: its name, not the machine's layout
         dataset_is_hub=dataset_is_hub,
@@ -251,6 +306,8 @@ def build_card(
         loss_curve=loss_curve,
         eval_rows=eval_rows,
         generation_defaults=[(k, repr(generation[k])) for k in GENERATION_KEYS if k in generation],
+        finetuning=finetuning,
+        adapter=adapter,
     )
 
 
@@ -277,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo-id", help="USER/NAME the model will be published as (used in the usage snippet)")
     parser.add_argument("--revision", help="commit hash to pin in the usage snippet (default: main)")
     parser.add_argument("--license", default="apache-2.0", help="license id for the card metadata")
+    parser.add_argument("--base-model", default=None,
+                        help="a fine-tune's base as a Hub id (when training read it from a local folder), for the "
+                        "card's base_model (the Hub's model tree)")
     args = parser.parse_args(argv)
     if args.repo_id is not None:
         try:
@@ -284,9 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         except HFValidationError as error:
             parser.error(f"invalid --repo-id {args.repo_id!r}: {error}")
     try:
-        card = build_card(args.export_dir, repo_id=args.repo_id, revision=args.revision, license=args.license)
+        if args.base_model is not None:
+            validate_repo_id(args.base_model)
+        card = build_card(args.export_dir, repo_id=args.repo_id, revision=args.revision, license=args.license,
+                          base_model=args.base_model)
         check_card(card)
-    except (ExportError, ValueError) as error:
+    except (ExportError, ValueError, HFValidationError) as error:
         print(f"victorian-gpt card: error: {error}", file=sys.stderr)
         return 2
     path = Path(args.export_dir) / "README.md"
