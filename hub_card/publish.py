@@ -5,6 +5,7 @@ check that can fail (files, pickles, repo id, token) runs before the first reque
 nothing; the upload itself is one commit, so a repo never shows half an export.
 
     victorian-gpt push EXPORT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--commit-message ...] [--token ...]
+    victorian-gpt push NATIVE_DIR --repo-id USER/NAME-hf [--source-repo USER/NAME]    # a `convert --to transformers` folder
     victorian-gpt push-space --repo-id USER/NAME-demo --model-id USER/NAME [--dataset ID] [--space-dir DIR]
 """
 
@@ -21,6 +22,7 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError, Repository
 from huggingface_hub.utils import validate_repo_id
 
 from .card import ExportError, build_card, check_card, missing_files
+from .native_card import build_native_card, is_native_folder, missing_native_files
 
 try:  # the HTTP client under huggingface_hub: httpx2 from hub 2.x, httpx before
     from httpx2 import TransportError
@@ -67,11 +69,13 @@ def _hub() -> HfApi:
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
-def plan_model_upload(export_dir: Path, repo_id: str) -> list[CommitOperationAdd]:
+def plan_model_upload(export_dir: Path, repo_id: str, source_repo: str | None = None) -> list[CommitOperationAdd]:
     """Check an export folder and list the operations of its one commit; raise PublishError on anything wrong.
 
     The card is the folder's README.md when there is one (a hand-edited card wins); otherwise it is built here
-    from the folder and training_summary.json, naming `repo_id` in its usage snippet.
+    from the folder and training_summary.json, naming `repo_id` in its usage snippet. A native folder (written by
+    `victorian-gpt convert --to transformers`: a Qwen3 / Llama / GPT-2 config, no remote code) gets the native card,
+    which names its class and the engines that serve it, and `source_repo` (the remote-code repo) when given.
     """
     if not export_dir.is_dir():
         raise PublishError(f"{export_dir} is not a folder")
@@ -82,15 +86,27 @@ def plan_model_upload(export_dir: Path, repo_id: str) -> list[CommitOperationAdd
             f"refusing to upload pickled weights ({', '.join(pickles)}): they can run code when loaded. "
             "Publish safetensors only (save_pretrained(..., safe_serialization=True)) and remove these files."
         )
-    missing = missing_files(export_dir)
+    native = is_native_folder(export_dir)
+    if native:
+        code = [str(f) for f in files if f.suffix == ".py"]
+        if code:
+            raise PublishError(f"{export_dir} is a native folder but holds Python files ({', '.join(code)}): "
+                               "a native repo runs no remote code; remove them")
+        missing = missing_native_files(export_dir)
+    else:
+        missing = missing_files(export_dir)
     if missing:
-        raise PublishError(f"{export_dir} is not a complete export: missing {', '.join(missing)}")
+        kind = "native folder" if native else "export"
+        raise PublishError(f"{export_dir} is not a complete {kind}: missing {', '.join(missing)}")
     operations = [CommitOperationAdd(path_in_repo=f.as_posix(), path_or_fileobj=str(export_dir / f)) for f in files]
     if not (export_dir / CARD_FILE).is_file():
         try:
-            card = build_card(export_dir, repo_id=repo_id)
+            if native:
+                card = build_native_card(export_dir, repo_id=repo_id, source_repo=source_repo)
+            else:
+                card = build_card(export_dir, repo_id=repo_id)
             check_card(card)
-        except (ExportError, ValueError) as error:
+        except (ExportError, ValueError, KeyError) as error:
             raise PublishError(f"cannot build the model card: {error}") from None
         operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=str(card).encode()))
     else:
@@ -113,18 +129,27 @@ def push_main(argv: list[str] | None = None) -> int:
         prog="victorian-gpt push",
         description="Publish an exported model folder to the Hugging Face Hub in one commit (safetensors only).",
     )
-    parser.add_argument("export_dir", help="folder written by training's export (save_model_folder)")
+    parser.add_argument(
+        "export_dir",
+        help="folder written by training's export (save_model_folder), or a native folder written by "
+        "`victorian-gpt convert --to transformers` (publish that to its own repo, e.g. USER/NAME-hf)",
+    )
     parser.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if missing)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", help="branch to commit to (created from main if new; default main)")
     parser.add_argument("--commit-message", default="Upload VictorianGPT model", help="message of the commit")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` token)")
+    parser.add_argument(
+        "--source-repo", help="native folder only: the remote-code repo it was converted from, named in its card"
+    )
     args = parser.parse_args(argv)
 
     try:
         _check_repo_id(args.repo_id)
+        if args.source_repo:
+            _check_repo_id(args.source_repo)
         token = _resolve_token(args.token)
-        operations = plan_model_upload(Path(args.export_dir), args.repo_id)
+        operations = plan_model_upload(Path(args.export_dir), args.repo_id, source_repo=args.source_repo)
     except PublishError as error:
         print(f"victorian-gpt push: error: {error}", file=sys.stderr)
         return 2

@@ -701,3 +701,117 @@ def test_push_space_publishes_the_projects_spaces_app(hub, pushed):
     }
     assert ours.text == theirs.text
     assert hub.repos[("space", space_id)].variables == {"MODEL_ID": REPO_ID}
+
+
+# --------------------------------------------------------------------------------------------------- native folders
+NATIVE_REPO_ID = f"{REPO_ID}-hf"  # its own repo: engines and the Hub's widgets read a repo's main branch
+EXPECTED_NATIVE_FILES = {"README.md", "config.json", "generation_config.json", "loss_curve.png", "model.safetensors",
+                         "tokenizer.json", "tokenizer_config.json", "training_summary.json"}
+
+
+def _run_convert(hub_url: str, cache: Path, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(cache),
+           "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}
+    return subprocess.run([sys.executable, "-c", "import sys\nfrom victorian_gpt.convert import main\n" + code],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def native_pushed(hub, pushed, tmp_path_factory):
+    """`victorian-gpt convert REPO_ID@commit --to transformers` from the loopback Hub, then `victorian-gpt push` of
+    the native folder to its own repo."""
+    root = tmp_path_factory.mktemp("native")
+    commit = hub.api_commits("model", REPO_ID)[0]
+    native = root / "tiny-victorian-gpt-hf"
+    converted = _run_convert(hub.url, root / "cache", (
+        f"print('STATUS', main([{REPO_ID!r}, '--to', 'transformers', '--output', {str(native)!r}, "
+        f"'--revision', {commit.oid!r}]))\n"
+        # a repo or a revision the Hub does not have: one line each, nothing written
+        f"print('STATUS', main(['victoria/never-published', '--to', 'transformers', '--output', {str(root / 'x')!r}]))\n"
+        f"print('STATUS', main([{REPO_ID!r}, '--to', 'gguf', '--output', {str(root / 'x.gguf')!r}, "
+        f"'--revision', 'no-such-branch']))\n"
+    ))
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    result = run_cli(["push", str(native), "--repo-id", NATIVE_REPO_ID, "--source-repo", REPO_ID], hub.url)
+    assert result.returncode == 0, result.stderr
+    return native, converted, result, root
+
+
+def test_convert_reads_a_hub_repo_at_a_revision_and_refuses_missing_ones(native_pushed):
+    native, converted, _, root = native_pushed
+    assert [line for line in converted.stdout.splitlines() if line.startswith("STATUS")] == ["STATUS 0", "STATUS 2", "STATUS 2"]
+    errors = [line for line in converted.stderr.splitlines() if line.startswith("victorian-gpt convert: error:")]
+    assert errors == [
+        "victorian-gpt convert: error: Hub repo victoria/never-published not found (or private: log in with `hf auth login`)",
+        f"victorian-gpt convert: error: revision 'no-such-branch' not found in the Hub repo {REPO_ID}",
+    ], converted.stderr
+    assert not (root / "x").exists() and not (root / "x.gguf").exists()
+    assert json.loads((native / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+
+
+def test_push_publishes_a_native_folder_with_its_card(hub, native_pushed):
+    from huggingface_hub import ModelCard
+
+    native, _, result, _ = native_pushed
+    (commit,) = hub.api_commits("model", NATIVE_REPO_ID)
+    assert set(commit.sent) == EXPECTED_NATIVE_FILES
+    assert not [p for p in commit.files if p.endswith(".py")], "a native repo carries no code"
+    assert "auto_map" not in json.loads(commit.files["config.json"])
+    for name in EXPECTED_NATIVE_FILES - {"README.md"}:
+        assert commit.files[name] == (native / name).read_bytes(), name
+    card = ModelCard(commit.files["README.md"].decode())
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert "gpt2" in card.data.tags and "custom_code" not in card.data.tags
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
+        (split, metric): HUB_EXPORT_EVAL[split][metric] for split in ("validation", "test")
+        for metric in ("perplexity", "bits_per_byte")
+    }, "the same weights: the training run's evaluation carries over"
+    assert "**`GPT2LMHeadModel`**" in card.text and "trust_remote_code" in card.text
+    for engine in ("vLLM", "Text Generation Inference", "llama.cpp", "MLX"):
+        assert engine in card.text, engine
+    assert f"https://huggingface.co/{REPO_ID}" in card.text, "the card names the remote-code repo it came from"
+    assert "position_ids" in card.text, "the left-padding note"
+    assert f"{hub.url}/{NATIVE_REPO_ID}/commit/{commit.oid}" in result.stdout.splitlines()
+
+
+NATIVE_STRANGER = r"""
+import re, sys
+from huggingface_hub import hf_hub_download
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+repo_id = sys.argv[1]
+card = open(hf_hub_download(repo_id, "README.md")).read()
+(block,) = re.findall(r"```python\n(.*?)```", card, re.S)
+exec(block, {})  # the card's own snippet, with no trust_remote_code anywhere
+model = AutoModelForCausalLM.from_pretrained(repo_id)
+assert type(model).__name__ == "GPT2LMHeadModel" and type(model).__module__.startswith("transformers.models.gpt2")
+tokenizer = AutoTokenizer.from_pretrained(repo_id)
+print("NATIVE OK", type(model).__name__, type(tokenizer).__name__)
+"""
+
+
+def test_a_stranger_runs_the_native_repo_without_remote_code(hub, native_pushed, tmp_path):
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_TOKEN": ""}
+    stranger = run_isolated(NATIVE_STRANGER.replace("sys.argv[1]", repr(NATIVE_REPO_ID)), tmp_path, env)
+    assert stranger.returncode == 0, stranger.stderr[-3000:]
+    assert "NATIVE OK GPT2LMHeadModel" in stranger.stdout
+
+
+def test_push_refuses_a_native_folder_with_code_or_missing_files(hub, native_pushed, tmp_path, monkeypatch, capsys):
+    from hub_card.publish import push_main
+
+    native, *_ = native_pushed
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    for case, expected in (("code", "is a native folder but holds Python files (modeling_victorian_gpt.py)"),
+                           ("missing", "is not a complete native folder: missing generation_config.json")):
+        folder = tmp_path / case
+        shutil.copytree(native, folder)
+        if case == "code":
+            (folder / "modeling_victorian_gpt.py").write_text("# remote code\n")
+        else:
+            (folder / "generation_config.json").unlink()
+        before = len(hub.requests)
+        assert push_main([str(folder), "--repo-id", "victoria/refused-native"]) == 2
+        assert expected in capsys.readouterr().err
+        assert len(hub.requests) == before and ("model", "victoria/refused-native") not in hub.repos
