@@ -104,6 +104,28 @@ def test_info_and_health(server):
     assert info["model_dtype"] == "torch.float32" and info["dtype"] == "float32 (asked)"
 
 
+def test_prefix_cache_serves_a_repeated_opening_and_metrics_report_it(server, reference):
+    """The server's prefix cache is on by default: the same prompt twice gives the same tokens, the second time
+    from cache; /info and /metrics (Prometheus text) say so."""
+    url, _ = server
+    before = requests.get(url + "/info", timeout=10).json()
+    assert before["prefix_cache_max_tokens"] == 4096 and before["prefix_cache_block_size"] == 16
+    body = {"inputs": PROMPT * 2, "parameters": {"max_new_tokens": 6, "details": True}}
+    first, second = (requests.post(url + "/generate", json=body, timeout=60).json() for _ in range(2))
+    ids = [[t["id"] for t in answer["details"]["tokens"]] for answer in (first, second)]
+    assert ids[0] == ids[1] == greedy_ids(reference, PROMPT * 2, 6)  # (logprobs may differ in their last bits)
+    after = requests.get(url + "/info", timeout=10).json()
+    assert after["prefix_cache_hits"] >= before["prefix_cache_hits"] + 1
+    assert after["prefix_cache_tokens_served"] >= before["prefix_cache_tokens_served"] + 16
+    assert 0 < after["prefix_cache_size_tokens"] <= 4096
+    metrics = requests.get(url + "/metrics", timeout=10)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    values = dict(line.split() for line in metrics.text.splitlines() if not line.startswith("#"))
+    assert int(values["tgi_prefix_cache_hits_total"]) == after["prefix_cache_hits"]
+    assert int(values["tgi_prefix_cache_size_tokens"]) == after["prefix_cache_size_tokens"]
+    assert "# TYPE tgi_prefix_cache_hits_total counter" in metrics.text and "tgi_batch_current_size" in values
+
+
 def test_text_generation_client_matches_generate(server, reference):
     from text_generation import Client
 
