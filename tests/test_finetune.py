@@ -258,3 +258,31 @@ def test_bad_input_is_one_line_before_any_compute_and_nothing_is_written(
     message = err[-1]
     assert message.startswith("victorian-gpt train: error: ") and words in message, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_native_folder_fine_tunes_with_lora_and_stays_native(tmp_path, tiny_tokenizer_dir, txt_books):
+    """A folder of transformers' own classes (what `victorian-gpt convert --to transformers` writes; here a Qwen3
+    built on the spot): no remote code to trust, LoRA's defaults find q/k/v/o and the MLP projections, and the merged
+    export is again a plain Qwen3 folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    native = tmp_path / "qwen3"
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                                 bos_token_id=0, eos_token_id=0, pad_token_id=1)).save_pretrained(native)
+    AutoTokenizer.from_pretrained(tiny_tokenizer_dir).save_pretrained(native)
+    out = tmp_path / "run"
+    assert train_main(ft_args(out, native, txt_books, "--finetuning_type", "lora", "--max_steps", "2",
+                              "--eval_steps", "0", "--test_split", "none", "--model_overrides",
+                              "{attention_dropout: 0.0}")) == 0
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["finetuning"]["lora"]["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and "auto_map" not in config
+    model = AutoModelForCausalLM.from_pretrained(out / "model")  # no trust_remote_code needed
+    before = load_weights(native)
+    after = model.state_dict()
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])

@@ -125,7 +125,7 @@ def check_start(config):
                              "*dropout); for a shorter context set block_size")
 
     try:
-        model_tokenizer = AutoTokenizer.from_pretrained(name, revision=config.revision)
+        model_tokenizer = AutoTokenizer.from_pretrained(name, revision=config.revision, trust_remote_code=trust)
     except (OSError, ValueError) as error:
         if config.tokenizer is None:
             raise ValueError(f"{config.model_name_or_path} holds no tokenizer ({str(error).splitlines()[0]}); "
@@ -241,7 +241,9 @@ def is_peft_model(model) -> bool:
 
 def save_adapter_folder(peft_model, tokenizer, output_dir, extra_files: dict[str, bytes] | None = None) -> Path:
     """The adapter alone (`adapter_config.json` naming its base, `adapter_model.safetensors`) + tokenizer + extra
-    files, written into a temporary sibling and renamed into place (whole or not at all), as exports are."""
+    files, written into a temporary sibling and renamed into place (whole or not at all), as exports are. Also
+    writes a native model (Qwen3, Llama, GPT-2 classes: `save_pretrained` + tokenizer), which
+    `victorian_gpt.export.save_model_folder` cannot (it reads VictorianGPT's `n_positions`)."""
     import shutil
     import tempfile
 
@@ -252,6 +254,8 @@ def save_adapter_folder(peft_model, tokenizer, output_dir, extra_files: dict[str
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         peft_model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer.model_max_length > context_length(peft_model.config):
+            tokenizer.model_max_length = context_length(peft_model.config)
         (tmp / "README.md").unlink(missing_ok=True)  # peft's placeholder card; `victorian-gpt card` writes the real one
         save_tokenizer(tokenizer, tmp)
         for name, data in (extra_files or {}).items():
@@ -299,4 +303,5 @@ def load_for_eval(name: str, revision: str | None = None, trust_remote_code: boo
     source = model_source(name, revision, trust_remote_code, key="model", trust_hint="--trust-remote-code")
     model = AutoModelForCausalLM.from_pretrained(source["name"], revision=revision,
                                                  trust_remote_code=source["trust_remote_code"])
-    return model, AutoTokenizer.from_pretrained(source["name"], revision=revision)
+    return model, AutoTokenizer.from_pretrained(source["name"], revision=revision,
+                                                trust_remote_code=source["trust_remote_code"])

@@ -705,7 +705,10 @@ def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, 
         save_adapter_folder(s.raw_model, s.tokenizer, export_dir, extra_files=extra)
     else:  # merged: a standalone model, loaded like any export
         model = s.raw_model.merge_and_unload() if is_peft_model(s.raw_model) else s.raw_model
-        save_model_folder(model, s.tokenizer, export_dir, extra_files=extra)
+        if hasattr(model.config, "n_positions") or not config.model_name_or_path:
+            save_model_folder(model, s.tokenizer, export_dir, extra_files=extra)
+        else:  # a native starting model (Qwen3, Llama classes): the same folder, written for its config
+            save_adapter_folder(model, s.tokenizer, export_dir, extra_files=extra)
     s.accelerator.print(f"exported {export_dir} (step {exported_step}): validation bits/byte "
                         f"{final['validation']['bits_per_byte']:.4f}, {run['tokens_seen']:,} tokens in "
                         f"{run['wall_time_s']:.0f}s")
