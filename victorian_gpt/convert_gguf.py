@@ -162,6 +162,14 @@ def read_vocabulary(folder: Path, vocab_size: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- writing
+def _model_name(export: Export) -> str:
+    """general.name: the Hub repo's name, or the export folder's (its parent's for a generic `model`/`export`)."""
+    if "@" in export.source:
+        return export.source.split("@")[0].split("/")[-1]
+    folder = Path(export.source).expanduser().resolve()
+    return folder.parent.name if folder.name in ("model", "export") and folder.parent.name else folder.name
+
+
 def write_gguf(export: Export, output: Path, outtype: str) -> Path:
     import gguf
 
@@ -182,7 +190,7 @@ def write_gguf(export: Export, output: Path, outtype: str) -> Path:
     try:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(export.folder.name if "@" not in export.source else export.source.split("@")[0].split("/")[-1])
+        writer.add_name(_model_name(export))
         writer.add_block_count(config.n_layer)
         writer.add_context_length(config.n_positions)
         writer.add_embedding_length(config.n_embd)
