@@ -63,6 +63,8 @@ def finetune(kind: str, args, data: Path, output: Path) -> dict:
     if args.num_processes > 1:
         command += ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_config.yaml"),
                     "--num_processes", str(args.num_processes)]
+        if args.main_process_port:  # two benches side by side need two rendezvous ports
+            command += ["--main_process_port", str(args.main_process_port)]
     command += ["-m", "training.train", "--model_name_or_path", str(args.model), "--dataset", str(data),
                 "--output_dir", str(output), "--overwrite_output_dir", "--max_train_minutes", str(args.minutes),
                 "--max_steps", "1000000", "--test_split", "none", "--general_dataset", str(args.general),
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="training-time budget of each fine-tune")
     parser.add_argument("--types", nargs="+", default=["full", "lora"], choices=sorted(RECIPES))
     parser.add_argument("--num-processes", type=int, default=2)
+    parser.add_argument("--main-process-port", type=int, default=None, help="accelerate's rendezvous port")
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--max-eval-blocks", type=int, default=200, help="blocks of each evaluation (first N)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
