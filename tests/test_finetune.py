@@ -166,6 +166,9 @@ def test_lora_with_two_processes_accumulation_and_exact_resume_exports_an_adapte
     by_transformers = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True)(input_ids=ids).logits
     assert torch.allclose(with_peft, by_transformers, atol=1e-6)
     assert not torch.allclose(with_peft, base_logits, atol=1e-4)  # the adapter does something
+    # `victorian-gpt eval` takes the adapter folder too (its base loaded as adapter_config.json names it)
+    assert eval_main([str(adapter), "--dataset", str(txt_books), "--split", "validation",
+                      "--max_eval_samples", "4"]) == 0
 
 
 def test_a_hub_repo_with_remote_code_needs_trust_and_trains_from_the_hub_cache(
@@ -260,10 +263,11 @@ def test_bad_input_is_one_line_before_any_compute_and_nothing_is_written(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_native_folder_fine_tunes_with_lora_and_stays_native(tmp_path, tiny_tokenizer_dir, txt_books):
+@pytest.mark.parametrize("kind", ["lora", "full-muon"])
+def test_a_native_folder_fine_tunes_and_stays_native(kind, tmp_path, tiny_tokenizer_dir, txt_books):
     """A folder of transformers' own classes (what `victorian-gpt convert --to transformers` writes; here a Qwen3
-    built on the spot): no remote code to trust, LoRA's defaults find q/k/v/o and the MLP projections, and the merged
-    export is again a plain Qwen3 folder."""
+    built on the spot): no remote code to trust; LoRA's defaults find q/k/v/o and the MLP projections, Muon finds the
+    layers' matrices; the export is again a plain Qwen3 folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
@@ -273,16 +277,19 @@ def test_a_native_folder_fine_tunes_with_lora_and_stays_native(tmp_path, tiny_to
                                  bos_token_id=0, eos_token_id=0, pad_token_id=1)).save_pretrained(native)
     AutoTokenizer.from_pretrained(tiny_tokenizer_dir).save_pretrained(native)
     out = tmp_path / "run"
-    assert train_main(ft_args(out, native, txt_books, "--finetuning_type", "lora", "--max_steps", "2",
-                              "--eval_steps", "0", "--test_split", "none", "--model_overrides",
-                              "{attention_dropout: 0.0}")) == 0
+    extra = (["--finetuning_type", "lora"] if kind == "lora" else
+             ["--optimizer", "muon", "--muon_learning_rate", "0.02"])
+    assert train_main(ft_args(out, native, txt_books, *extra, "--max_steps", "2", "--eval_steps", "0",
+                              "--test_split", "none", "--model_overrides", "{attention_dropout: 0.0}")) == 0
     summary = json.loads((out / "model" / "training_summary.json").read_text())
-    assert summary["finetuning"]["lora"]["target_modules"] == sorted(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    if kind == "lora":
+        assert summary["finetuning"]["lora"]["target_modules"] == sorted(
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3ForCausalLM"] and "auto_map" not in config
     model = AutoModelForCausalLM.from_pretrained(out / "model")  # no trust_remote_code needed
     before = load_weights(native)
     after = model.state_dict()
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
-    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    embeddings_moved = not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert embeddings_moved == (kind != "lora")

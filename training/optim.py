@@ -16,6 +16,8 @@ import torch
 from .config import TrainingConfig
 
 HIDDEN_PREFIX = "transformer.h."  # the transformer blocks: their 2-D weights are the "hidden matrices" Muon is for
+# ... and where native folders (Llama, Qwen3 classes; a fine-tune's starting point) keep theirs
+HIDDEN_PREFIXES = (HIDDEN_PREFIX, "model.layers.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def build_optimizer(model, config: TrainingConfig, fused: bool = False) -> torch
     adamw_kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                         fused=fused)
     if config.optimizer == "muon":
-        hidden = [(n, p) for n, p in named if n.startswith(HIDDEN_PREFIX) and p.ndim == 2]
+        hidden = [(n, p) for n, p in named if n.startswith(HIDDEN_PREFIXES) and p.ndim == 2]
         hidden_ids = {id(p) for _, p in hidden}
         rest = [p for _, p in named if id(p) not in hidden_ids]
     else:
@@ -177,7 +179,7 @@ def build_optimizer(model, config: TrainingConfig, fused: bool = False) -> torch
         return torch.optim.AdamW(adamw_groups, **adamw_kwargs)
 
     if not hidden:
-        raise ValueError(f"optimizer 'muon' found no 2-D parameters under {HIDDEN_PREFIX!r}")
+        raise ValueError(f"optimizer 'muon' found no 2-D parameters under {' or '.join(HIDDEN_PREFIXES)}")
     muon_lr = config.muon_learning_rate if config.muon_learning_rate is not None else config.learning_rate
     muon_wd = config.muon_weight_decay if config.muon_weight_decay is not None else config.weight_decay
     by_scale: dict[float, list] = {}
