@@ -10,8 +10,12 @@ For 1 and 8 concurrent requests (greedy, EOS off, `--new-tokens` each, prompts o
 Prints one JSON line per request count: aggregate tokens/s of each (median over `--repeats` alternating rounds),
 `ratio` = engine / threads, and how many requests each gave the tokens of `generate()` of that request alone.
 
+`--dtype` (default float32; `auto` is the server's default: bf16 where the CPU computes it natively) sets the
+precision of every case; each line also gives `engine_tokens_per_s_vs_1_stream`, the engine's aggregate tokens/s over
+its own at one stream in the same run (the first `--streams` value should be 1).
+
     python bench/bench_batching.py [--preset gpt2-124m] [--streams 1 8] [--new-tokens 32] [--repeats 3]
-        [--no-continuous-batching]
+        [--no-continuous-batching] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def main():
     parser.add_argument("--streams", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=textgen.DTYPE_CHOICES)
     parser.add_argument("--no-continuous-batching", dest="cb", action="store_false",
                         help="skip transformers' generate_batch")
     args = parser.parse_args()
@@ -59,7 +64,8 @@ def main():
 
     shape = {k: PRESETS[args.preset][k] for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")}
     ours, reference = build_pair(**shape)
-    ours.eval(), reference.eval()
+    dtype, why = textgen.resolve_dtype(args.dtype, "cpu", torch.float32)
+    ours, reference = ours.to(dtype).eval(), reference.to(dtype).eval()
     for model in (ours, reference):
         model.generation_config.eos_token_id = None
         model.generation_config.pad_token_id = 0
@@ -93,6 +99,7 @@ def main():
         results = model.generate_batch(batch, generation_config=config, max_new_tokens=args.new_tokens)
         return [list(r.generated_tokens) for r in results.values()]
 
+    engine_rate_1 = None
     for streams in args.streams:
         batch = prompts[:streams]
         expected = [solo(p) for p in batch]
@@ -114,6 +121,8 @@ def main():
                     agree[name] = f"{sum(a == b for a, b in zip(outputs, expected))}/{streams}"
         tokens = {name: (1 if name == "generate_batch1" else streams) * args.new_tokens for name in cases}
         rate = {name: tokens[name] / statistics.median(t) for name, t in times.items()}
+        if streams == 1:
+            engine_rate_1 = rate["engine"]
         emit({
             "bench": "batching",
             "shape": args.preset,
@@ -124,6 +133,8 @@ def main():
             "ratio": round(rate["engine"] / rate["threads"], 3),
             "ratio_of": "engine / threads aggregate tokens/s",
             "engine_vs_generate_batch1": round(rate["engine"] / rate["generate_batch1"], 3) if streams == 1 else None,
+            "engine_tokens_per_s_vs_1_stream": round(rate["engine"] / engine_rate_1, 3) if engine_rate_1 else None,
+            "dtype": f"{str(dtype).removeprefix('torch.')} ({why})",
             "equal_to_solo_generate": agree,
             "repeats": args.repeats,
             "threads_alive": threading.active_count(),

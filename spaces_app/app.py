@@ -14,6 +14,11 @@ remote code run it; a local folder's code is trusted and a native model needs no
 recently seen openings, such as the examples, is kept for this many tokens, default 4096; 0 = off),
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 
+Reflow (a checkbox, on by default): Project Gutenberg's text, and so the model's, is hard-wrapped at about 70
+characters; the Continuation box joins the single line breaks inside a paragraph, keeps paragraph breaks (a blank
+line) and drops leading line breaks, so prose reads as prose. Only the display changes: the API (`/generate`) returns
+the raw text, and the history keeps and downloads it.
+
 Seed: an empty box (or no seed / None through the API) draws a fresh random seed for each press; a number gives the
 same text every time with the same settings. History: each finished or stopped generation of the visitor's session
 (prompt, settings, the seed actually used, text) is kept in a `gr.State` and shown in a panel, with JSON Lines and
@@ -29,6 +34,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -204,6 +210,19 @@ def make_generate(backend):
     return generate
 
 
+def reflow(text: str) -> str:
+    """Prose as prose: single line breaks inside a paragraph become spaces, paragraph breaks (a blank line, with any
+    whitespace on it) stay one blank line, and no leading whitespace (the stray line break after an opening)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip()
+    paragraphs = re.split(r"\n[ \t]*\n\s*", text)
+    return "\n\n".join(re.sub(r"[ \t]*\n[ \t]*", " ", paragraph) for paragraph in paragraphs)
+
+
+def show_text(raw: str | None, reflowed: bool) -> str:
+    """What the Continuation box shows of the raw text."""
+    return reflow(raw or "") if reflowed else (raw or "")
+
+
 # ---- history: the visitor's generations of this session, kept in gr.State and downloadable without server files
 
 
@@ -292,6 +311,11 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 output = gr.Textbox(label="Continuation", lines=14, interactive=False, elem_id="output",
                                     buttons=["copy"])
+                reflow_box = gr.Checkbox(value=True, label="Reflow", elem_id="reflow",
+                                         info="join the hard-wrapped lines of a paragraph; the raw text stays in the "
+                                              "API and the history download")
+                # the raw text, as the API returns it: rendered (so that its changes trigger events) but not shown
+                raw_output = gr.Textbox(visible="hidden", elem_id="raw-output", interactive=False)
             with gr.Column(scale=2):
                 max_new_tokens = gr.Slider(1, backend.max_new_tokens, step=1, label="Max new tokens",
                                            value=min(d["max_new_tokens"], backend.max_new_tokens),
@@ -316,8 +340,11 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
         run = gr.State(None)  # the record of the generation in progress
 
         inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed]
-        event = generate_button.click(make_generate(backend), inputs, [output, run], api_name="generate",
+        event = generate_button.click(make_generate(backend), inputs, [raw_output, run], api_name="generate",
                                       concurrency_limit=CONCURRENCY_LIMIT)
+        for trigger in (raw_output, reflow_box):  # the display follows the raw text and the checkbox
+            trigger.change(show_text, [raw_output, reflow_box], output, queue=False, show_progress="hidden",
+                           trigger_mode="always_last", api_visibility="private")
         # runs after the generation finishes or is stopped (not after an error)
         event.then(add_to_history, [run, history], [run, history, history_panel, downloads], queue=False,
                    api_visibility="private")

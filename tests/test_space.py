@@ -164,6 +164,8 @@ def as_shown(text: str) -> str:
 
 def test_browser_seed_history_stop_and_close_tab(space, browser):
     from selenium.webdriver.common.by import By
+
+    from spaces_app.app import reflow
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, log = space
@@ -171,7 +173,9 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
     browser.get(url)
     prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
     prompt.send_keys(PROMPT)
-    output = browser.find_element(By.CSS_SELECTOR, "#output textarea")
+    output = browser.find_element(By.CSS_SELECTOR, "#output textarea")  # what the visitor reads (reflowed)
+    raw = browser.find_element(By.CSS_SELECTOR, "#raw-output textarea")  # what the API returns (hidden)
+    assert not raw.is_displayed()
 
     # a fresh page's Seed box is empty (the Number component it replaced showed 0 and sent 0)
     seed_box = browser.find_element(By.CSS_SELECTOR, "#seed input")
@@ -181,11 +185,14 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
         return browser.find_elements(By.CSS_SELECTOR, "#history .vg-entry")  # newest first
 
     def generate_and_wait() -> str:
-        """Press Generate with what the page holds; the text once the generation has joined the history."""
+        """Press Generate with what the page holds; the raw text once the generation has joined the history (and
+        the Continuation box shows it reflowed)."""
         count = len(history_entries())
         browser.find_element(By.CSS_SELECTOR, "#generate").click()
         wait.until(lambda d: len(history_entries()) == count + 1)
-        return output.get_attribute("value")
+        text = raw.get_attribute("value")
+        wait.until(lambda d: output.get_attribute("value") == reflow(text))
+        return text
 
     # defaults (sampling on, 100 new tokens): an empty seed is a fresh random seed per press
     first, second = generate_and_wait(), generate_and_wait()
@@ -194,6 +201,14 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
     seed_box.send_keys("1234")
     third, fourth = generate_and_wait(), generate_and_wait()
     assert third == fourth and third not in (first, second)
+
+    # Reflow off shows the raw text itself; on again, the reflowed one
+    reflow_box = browser.find_element(By.CSS_SELECTOR, "#reflow input")
+    assert reflow_box.is_selected()  # on by default
+    reflow_box.click()
+    wait.until(lambda d: output.get_attribute("value") == fourth)
+    reflow_box.click()
+    wait.until(lambda d: output.get_attribute("value") == reflow(fourth))
 
     # the History panel lists them, newest first, with the seed each one used
     entries = history_entries()[::-1]
@@ -222,20 +237,20 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
                .get_attribute("value") == "900")
     seen = len(records(log))
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    wait.until(lambda d: output.get_attribute("value") not in ("", fourth))  # text appears as it is written
+    wait.until(lambda d: output.get_attribute("value") not in ("", reflow(fourth)))  # text appears as it is written
     browser.find_element(By.CSS_SELECTOR, "#stop").click()
     record = wait_for_new_record(log, seen)
     assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
     wait.until(lambda d: len(history_entries()) == 5)
-    stopped = output.get_attribute("value")
+    stopped = raw.get_attribute("value")
     time.sleep(1.0)
-    assert output.get_attribute("value") == stopped  # nothing more arrives
+    assert raw.get_attribute("value") == stopped  # nothing more arrives
     newest = history_entries()[0]
     assert "max new tokens 900 · stopped" in newest.text and newest.get_attribute("data-seed") == "1234"
 
     # a closed tab stops its generation too
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    wait.until(lambda d: output.get_attribute("value") not in ("", stopped))
+    wait.until(lambda d: raw.get_attribute("value") not in ("", stopped))
     browser.quit()
     record = wait_for_new_record(log, seen + 1)
     assert record.group(2) == "cancelled" and int(record.group(3)) < 900, record.group(0)
@@ -361,6 +376,18 @@ def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
     result = run_isolated(code, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "('app', 'textgen') True" in result.stdout
+
+
+def test_reflow_joins_wrapped_lines_and_keeps_paragraphs():
+    from spaces_app.app import reflow, show_text
+
+    wrapped = "\nIt was a dark and stormy night; the rain fell in\ntorrents, except at occasional\r\nintervals.\n\n" \
+              "  \nCHAPTER II\n\nMr. Pickwick rose  \n  early"
+    assert reflow(wrapped) == ("It was a dark and stormy night; the rain fell in torrents, except at occasional "
+                               "intervals.\n\nCHAPTER II\n\nMr. Pickwick rose early")
+    assert reflow("\n\n and then") == "and then"  # no stray leading line break
+    assert reflow("one line") == "one line" and reflow("") == ""
+    assert show_text(wrapped, False) == wrapped and show_text(None, True) == ""
 
 
 def test_history_panel_and_downloads_keep_the_text_exactly():

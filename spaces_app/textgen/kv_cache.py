@@ -35,6 +35,23 @@ class _GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+    def seed(self, key_blocks: list[torch.Tensor], value_blocks: list[torch.Tensor], room: int):
+        """Start from `key_blocks`/`value_blocks` ((heads, tokens, head_dim) each, in order: the prefix cache's
+        blocks) with room for `room` more tokens, copying each block once into the buffers that will grow."""
+        first = key_blocks[0]
+        length = sum(block.shape[-2] for block in key_blocks)
+        buffers = tuple(torch.empty(1, first.shape[0], length + room, first.shape[-1], dtype=first.dtype,
+                                    device=first.device) for _ in range(2))
+        at = 0
+        for keys, values in zip(key_blocks, value_blocks):
+            n = keys.shape[-2]
+            buffers[0][0, :, at : at + n] = keys
+            buffers[1][0, :, at : at + n] = values
+            at += n
+        self.device, self.is_initialized, self._room = first.device, True, buffers
+        self.keys, self.values = buffers[0][:, :, :length], buffers[1][:, :, :length]
+
+
 def _new_cache(config) -> DynamicCache:
     """A `DynamicCache` for `config` whose plain layers grow in place (`_GrowingLayer`)."""
     cache = DynamicCache(config=config)

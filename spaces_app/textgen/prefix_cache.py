@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kv_cache import _cache_layers, _new_cache
+from .kv_cache import _cache_layers, _GrowingLayer, _new_cache
 
 
 @dataclass(eq=False)
@@ -82,11 +82,14 @@ class PrefixCache:
         if not found:
             return 0, None
         self._touch([b.key for b in found])
-        cache = _new_cache(config)
-        for layer, keys, values in zip(range(len(found[0].keys)), zip(*(b.keys for b in found)),
-                                       zip(*(b.values for b in found))):
-            cache.update(torch.cat(keys, dim=1)[None], torch.cat(values, dim=1)[None], layer)
         length = len(found) * self.block_size
+        cache = _new_cache(config)
+        layers = _cache_layers(cache)
+        for i, (keys, values) in enumerate(zip(zip(*(b.keys for b in found)), zip(*(b.values for b in found)))):
+            if isinstance(layers[i], _GrowingLayer):  # one copy, into buffers with room for the rest of the prompt
+                layers[i].seed(list(keys), list(values), room=len(ids) - length)
+            else:
+                cache.update(torch.cat(keys, dim=1)[None], torch.cat(values, dim=1)[None], i)
         self.hits += 1
         self.tokens_served += length
         return length, cache
