@@ -171,8 +171,9 @@ def test_lora_with_two_processes_accumulation_and_exact_resume_exports_an_adapte
                       "--max_eval_samples", "4"]) == 0
 
 
+@pytest.mark.parametrize("kind", ["full", "lora-adapter"])
 def test_a_hub_repo_with_remote_code_needs_trust_and_trains_from_the_hub_cache(
-        tmp_path, tiny_export, pg19_tiny, monkeypatch, capsys):
+        kind, tmp_path, tiny_export, pg19_tiny, monkeypatch, capsys):
     from huggingface_hub import constants
 
     cache = hub_cache(tmp_path / "hub", "someone/tiny-victorian-gpt", tiny_export)
@@ -188,16 +189,21 @@ def test_a_hub_repo_with_remote_code_needs_trust_and_trains_from_the_hub_cache(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "auto_map" in error and "trust_remote_code: true" in error and "revision" in error
     assert not out.exists()
-    assert train_main([*args, "--trust_remote_code", "--revision", COMMIT]) == 0
+    lora = ["--finetuning_type", "lora", "--lora_export", "adapter"] if kind == "lora-adapter" else []
+    assert train_main([*args, "--trust_remote_code", "--revision", COMMIT, *lora]) == 0
     summary = json.loads((out / "model" / "training_summary.json").read_text())
     assert summary["finetuning"]["base_model"] == "someone/tiny-victorian-gpt"
     assert summary["finetuning"]["revision"] == COMMIT
+    if lora:  # the adapter names its base by Hub id and revision
+        adapter = json.loads((out / "model" / "adapter_config.json").read_text())
+        assert (adapter["base_model_name_or_path"], adapter["revision"]) == ("someone/tiny-victorian-gpt", COMMIT)
     capsys.readouterr()
-    # the evaluation command follows the same rule
+    # the evaluation command follows the same rule (for an adapter: its base's)
+    model = "someone/tiny-victorian-gpt" if not lora else str(out / "model")
     with pytest.raises(SystemExit):
-        eval_main(["someone/tiny-victorian-gpt", "--dataset", str(pg19_tiny), "--split", "validation"])
+        eval_main([model, "--dataset", str(pg19_tiny), "--split", "validation"])
     assert "--trust-remote-code" in capsys.readouterr().err
-    assert eval_main(["someone/tiny-victorian-gpt", "--trust-remote-code", "--revision", COMMIT, "--dataset",
+    assert eval_main([model, "--trust-remote-code", "--revision", COMMIT, "--dataset",
                       str(pg19_tiny), "--split", "validation", "--max_eval_samples", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == 4 * 128
 
