@@ -299,3 +299,22 @@ def test_a_native_folder_fine_tunes_and_stays_native(kind, tmp_path, tiny_tokeni
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
     embeddings_moved = not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
     assert embeddings_moved == (kind != "lora")
+
+
+def test_fine_tuning_keys_are_checked_when_the_config_is_read(tmp_path):
+    from training.config import load_config
+
+    config = tmp_path / "lora.yaml"
+    config.write_text("model_name_or_path: some/model\nfinetuning_type: lora\nlora_target_modules: [c_attn, c_fc]\n")
+    assert load_config(str(config)).lora_target_modules == ["c_attn", "c_fc"]
+    assert load_config(str(config), {"lora_target_modules": "c_attn,c_proj"}).lora_target_modules == ["c_attn",
+                                                                                                       "c_proj"]
+    for overrides, words in (({"model_name_or_path": None}, "set model_name_or_path"),
+                             ({"optimizer": "muon"}, "AdamW"), ({"finetuning_type": "qlora"}, "finetuning_type"),
+                             ({"lora_target_modules": "[]"}, "empty"), ({"lora_r": "0"}, "lora_r >= 1"),
+                             ({"finetuning_type": "full", "lora_export": "adapter"}, "lora_export applies"),
+                             ({"model_name_or_path": None, "finetuning_type": "full", "revision": "v1"},
+                              "model_name_or_path, which is not set"),
+                             ({"validation_split_percentage": "100"}, "between 0 and 100")):
+        with pytest.raises(ValueError, match=words):
+            load_config(str(config), overrides)
