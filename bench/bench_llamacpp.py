@@ -207,7 +207,7 @@ def read_split(dataset: Path, split: str) -> str:
 def part_tokenize(llama: LlamaCpp, export: Path, work: Path, dataset: Path) -> list[dict]:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(export)
+    tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)  # our own export
     gguf_path = llama.load(convert(export, work / "tokenize.gguf"), n_ctx=256)
     records = []
     texts = [("validation", read_split(dataset, "validation"))] + [(f"edge-{i}", t) for i, t in enumerate(EDGE_TEXTS)]
@@ -228,7 +228,7 @@ def part_greedy(llama: LlamaCpp, exports: dict[str, Path], work: Path, n: int = 
     records = []
     for label, export in exports.items():
         model = load_ours(export, "fp32")
-        tokenizer = AutoTokenizer.from_pretrained(export)
+        tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)  # our own export
         gguf_path = llama.load(convert(export, work / f"greedy-{label}.gguf"), n_ctx=model.config.n_positions)
         for opening in OPENINGS:
             prompt = tokenizer(opening, add_special_tokens=False)["input_ids"]
