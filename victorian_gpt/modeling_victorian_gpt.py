@@ -10,8 +10,9 @@ Attention goes through transformers' attention interface (`ALL_ATTENTION_FUNCTIO
 flash_attention_2, the paged ones of continuous batching), chosen with `attn_implementation=` at `from_pretrained`.
 
 This file is copied into every exported model folder and loaded with `trust_remote_code=True`, so it imports
-only torch, transformers and its sibling `configuration_victorian_gpt` (relatively). It runs on transformers 5
-and on the last 4.x release.
+only torch, transformers and its sibling `configuration_victorian_gpt` (relatively). It runs on every transformers
+release from 5.0 and on the last 4.x release (4.57.6): where transformers' APIs differ between them, the code asks
+the installed release (a signature, an attribute), never its version number.
 """
 
 import functools
@@ -44,18 +45,27 @@ except ImportError:  # pragma: no cover - older releases are not supported for t
 # transformers 5.23 renamed the KV cache's argument and output field `past_key_values` to `cache`; 4.x knows only the
 # old name. Outputs are built with whichever field this release declares, so no deprecation warning is triggered.
 CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
-_MASK_TAKES_CACHE = "cache" in inspect.signature(create_causal_mask).parameters  # transformers >= 5.23
+
+# transformers' mask builder changed its arguments three times: 5.3 renamed `input_embeds` to `inputs_embeds`, 5.9
+# dropped `cache_position` (the cache knows how many tokens it holds), 5.24 renamed `past_key_values` to `cache`.
+# The keywords are read from the installed release's signature, not from its version number.
+_MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
+_MASK_EMBEDS = "inputs_embeds" if "inputs_embeds" in _MASK_PARAMETERS else "input_embeds"
+_MASK_CACHE = "cache" if "cache" in _MASK_PARAMETERS else "past_key_values"
+_MASK_TAKES_CACHE_POSITION = "cache_position" in _MASK_PARAMETERS  # transformers < 5.9
 
 
-def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, past_len):
+def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, cache_position):
     """The mask the configured attention implementation wants (None when SDPA can use `is_causal`, a BlockMask for
-    flex attention, a 4-D mask passed through as given), from transformers' own mask builder."""
-    if _MASK_TAKES_CACHE:
-        return create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  cache=cache, position_ids=position_ids)
-    cache_position = torch.arange(past_len, past_len + inputs_embeds.shape[1], device=inputs_embeds.device)
-    return create_causal_mask(config=config, input_embeds=inputs_embeds, attention_mask=attention_mask,
-                              cache_position=cache_position, past_key_values=cache, position_ids=position_ids)
+    flex attention, a 4-D mask passed through as given), from transformers' own mask builder.
+
+    `cache_position` (the indices of this call's tokens in the sequence, i.e. past length + arange) is what releases
+    before 5.9 place the queries with; later ones ask the cache."""
+    kwargs = {"config": config, _MASK_EMBEDS: inputs_embeds, "attention_mask": attention_mask, _MASK_CACHE: cache,
+              "position_ids": position_ids}
+    if _MASK_TAKES_CACHE_POSITION:
+        kwargs["cache_position"] = cache_position
+    return create_causal_mask(**kwargs)
 
 
 _UPDATE_TAKES_KWARGS: dict = {}
@@ -82,13 +92,6 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
-def _attention_function(implementation):
-    if implementation in (None, "eager"):
-        return eager_attention_forward
-    get = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)  # transformers 5
-    return get(implementation, eager_attention_forward) if get else ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 def _projection(config: VictorianGPTConfig, n_in: int, n_out: int, bias: bool) -> nn.Module:
@@ -153,6 +156,17 @@ class VictorianGPTAttention(nn.Module):
         self.k_norm = VictorianGPTRMSNorm(self.head_dim, config.layer_norm_epsilon) if config.qk_norm else None
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
+    def _attention_interface(self):
+        """The function of `config._attn_implementation`, read at every call so that `set_attn_implementation` switches
+        it. (transformers lets `set_attn_implementation` switch a model only when its source spells the lookup as its
+        own models do: `ALL_ATTENTION_FUNCTIONS.get_interface(` from 5.3, `ALL_ATTENTION_FUNCTIONS[self.config.
+        _attn_implementation]` before, each beside `eager_attention_forward`. Keep both spellings.)"""
+        if self.config._attn_implementation in (None, "eager"):
+            return eager_attention_forward
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
+            return ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        return ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]  # transformers 4.x
+
     def forward(self, hidden_states, attention_mask=None, cache=None, position_embeddings=None, **kwargs):
         bsz, seq_len, _ = hidden_states.shape
         # (B, T, 3C) -> 3 x (B, H, T, D) without copies until attention needs them
@@ -167,7 +181,7 @@ class VictorianGPTAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
             else:  # transformers 4.x
                 key, value = cache.update(key, value, self.layer_idx)
-        out, weights = _attention_function(self.config._attn_implementation)(
+        out, weights = self._attention_interface()(
             self, query, key, value, attention_mask,
             dropout=self.attn_pdrop if self.training else 0.0, scaling=self.scaling, **kwargs,
         )
@@ -312,9 +326,18 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
             cache = DynamicCache(config=self.config)
         # (a cache passed with use_cache=False is still used: continuous batching hands its paged cache in that way)
 
-        past_len = 0
-        if position_ids is None:  # (continuous batching always passes positions: its cache has no single length)
-            past_len = cache.get_seq_length() if cache is not None else 0
+        # Where this call's tokens start: a cache position given by the caller (generate() on transformers < 5.9,
+        # continuous batching) is authoritative, otherwise the cache says how many tokens it holds. Positions come from
+        # the caller when it passes them (generate() does; continuous batching always does: its cache has no length).
+        cache_position = kwargs.get("cache_position")
+        if position_ids is None or (cache_position is None and _MASK_TAKES_CACHE_POSITION):
+            if cache_position is not None:
+                past_len = int(cache_position[0])
+            else:
+                past_len = cache.get_seq_length() if cache is not None else 0
+            if cache_position is None and _MASK_TAKES_CACHE_POSITION:
+                cache_position = torch.arange(past_len, past_len + seq_len, device=device)
+        if position_ids is None:
             if past_len + seq_len > self.config.n_positions:
                 raise ValueError(
                     f"Sequence of {past_len + seq_len} tokens exceeds the model's context of {self.config.n_positions}"
@@ -326,7 +349,7 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
                 positions = torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
         else:
             positions = position_ids
-        mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids, past_len)
+        mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids, cache_position)
 
         if self.rope:
             hidden_states = inputs_embeds
@@ -391,6 +414,18 @@ class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self):
         return self.lm_head
+
+    def tie_weights(self, *args, **kwargs):
+        """transformers' tying, then one repair: transformers 5.3.0 drops a remote-code model's tied head from the keys
+        it knows to be missing when loading, then declines to tie it ("both are present") and leaves it on the meta
+        device (5.4 fixed it). A tied config whose head was never loaded means the head is the input embedding."""
+        result = super().tie_weights(*args, **kwargs)
+        wte = self.transformer.wte.weight
+        if self.config.tie_word_embeddings and self.lm_head.weight is not wte and self.lm_head.weight.is_meta:
+            self.lm_head.weight = wte
+            if isinstance(getattr(self, "all_tied_weights_keys", None), dict):  # what save_pretrained leaves out
+                self.all_tied_weights_keys["lm_head.weight"] = "transformer.wte.weight"
+        return result
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings

@@ -1,0 +1,54 @@
+"""Exports serve strangers on every transformers release the package claims, not only the installed one.
+
+The stranger script of tests/test_remote_code.py (left-padded batches against each prompt alone, eager and SDPA,
+cached and uncached, `set_attn_implementation`, pipeline, streaming) runs in a Python that cannot import this package,
+once per other release in tests/transformers_releases.txt: the last 4.x release and the oldest supported 5.x. (The
+installed release runs it in tests/test_remote_code.py.) `scripts/install_test_deps.sh` builds their environments,
+.venvs/transformers-X.Y.Z.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_remote_code import STRANGER, any_export, modern_tiny_export  # noqa: F401 (fixtures)
+
+from conftest import REPO_ROOT, run_isolated
+
+RELEASES = [
+    line.strip()
+    for line in (REPO_ROOT / "tests" / "transformers_releases.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+
+@pytest.fixture(scope="module")
+def in_process_greedy():
+    """Greedy tokens of the installed release, in this process, per export folder: what every release must match."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    memo = {}
+
+    def greedy(folder):
+        if folder not in memo:
+            model = AutoModelForCausalLM.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            inputs = tokenizer("It was a dark and stormy night", return_tensors="pt")
+            memo[folder] = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0].tolist()
+        return memo[folder]
+
+    return greedy
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_export_serves_a_stranger_on_other_transformers_releases(release, any_export, in_process_greedy, tmp_path):
+    python = REPO_ROOT / ".venvs" / f"transformers-{release}" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} missing: run `bash scripts/install_test_deps.sh` first")
+    result = run_isolated(f"FOLDER = {str(any_export)!r}\n" + STRANGER, cwd=tmp_path, python=str(python))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.rsplit("RESULT ", 1)[1])
+    assert report["transformers"] == release
+    assert report["switched"], "set_attn_implementation is missing"
+    assert report["greedy"] == in_process_greedy(any_export), f"transformers {release} generates other tokens"
