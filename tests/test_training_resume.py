@@ -69,12 +69,10 @@ def test_preemption_through_the_launcher_three_ways_resumes_bit_for_bit(tmp_path
         assert saved < STEPS and not (broken / "model").exists(), (how, output[-3000:])
         assert f"interrupted: saved {broken / 'checkpoints' / f'step_{saved}'}" in output, output[-3000:]
         assert "killed by signal" not in output  # the DataLoader workers outlived the signal
-        # the launcher fails (torchrun's status 1); the ranks' own status is 130, which torchrun reports when a rank
-        # exits before the launcher itself was signalled
+        # the launcher fails (torchrun's status 1). When the ranks are signalled, which status torchrun reports for
+        # each (130, or its own SIGTERM for the rank still running) depends on which exits first: not asserted.
         assert status != 0, output[-3000:]
-        if how == "ranks":
-            assert output.count("exitcode  : 130") == 2, output[-3000:]
-        else:
+        if how != "ranks":
             assert f"got signal: {int(signal.SIGTERM if how == 'launcher' else signal.SIGINT)}" in output
         for rank in (0, 1):
             assert (broken / "checkpoints" / f"step_{saved}" / f"data_state_rank{rank}.npz").is_file()
