@@ -424,14 +424,15 @@ def plot(results: list[dict], real: dict, chosen: dict | None, path: Path, sigma
     for r in sampled:
         ax.scatter(100 * r["repeated_4gram_share"], 100 * r["non_word_rate"], s=18 + 40 * (r["top_p"] or 1) ** 8,
                    color=cmap(temps.index(r["temperature"])), marker=markers[r["repetition_penalty"]], alpha=0.8,
-                   edgecolors="none")
+                   edgecolors="red" if r["min_p"] else "none", linewidths=1.2)
     for r in results:
         if not r["do_sample"]:
             ax.scatter(100 * r["repeated_4gram_share"], 100 * r["non_word_rate"], marker="x", color="grey")
             ax.annotate("greedy", (100 * r["repeated_4gram_share"], 100 * r["non_word_rate"]), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")
     limit = real["repeated_4gram_share"] + sigmas * real["repeated_4gram_share_se"]
-    ax.axvspan(0, 100 * limit, color="tab:green", alpha=0.08, label="repetition within the real text's range")
+    ax.axvspan(0, 100 * limit, color="tab:green", alpha=0.08,
+               label=f"real text's repeated 4-grams, mean + {sigmas:g} s.e.")
     ax.axhline(100 * real["non_word_rate"], color="tab:red", ls="--", lw=1, label="real text's non-word rate (floor)")
     ax.scatter(100 * real["repeated_4gram_share"], 100 * real["non_word_rate"], marker="*", s=160, color="tab:red",
                label="real continuations")
@@ -443,6 +444,8 @@ def plot(results: list[dict], real: dict, chosen: dict | None, path: Path, sigma
         ax.scatter([], [], color=cmap(i), label=f"temperature {t:g}")
     for penalty, marker in markers.items():
         ax.scatter([], [], color="grey", marker=marker, label=f"repetition penalty {penalty:g}")
+    if any(r["min_p"] for r in sampled):
+        ax.scatter([], [], color="grey", edgecolors="red", linewidths=1.2, label="min-p (top-p 1)")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("repeated word 4-grams in 200-token continuations (%)")
     ax.set_ylabel("non-words (%)")
@@ -527,25 +530,43 @@ def bench_mode(args, parser):
         result = {**setting, **measure(texts, word_list), "seconds": round(seconds, 2)}
         result["within_real_range"] = within_real_range(result, real, args.sigmas)
         result["example"] = texts[0][:300]
-        results.append(result)
-        print(json.dumps({"setting": _rounded(result)}), flush=True)
+        results.append(_rounded(result))  # as printed, so that --results replays the same choice
+        print(json.dumps({"setting": results[-1]}), flush=True)
+    print(f"{len(settings)} settings in {time.time() - start:.0f} s", file=sys.stderr)
+    return report(args, header, results)
+
+
+def report(args, header: dict, results: list[dict]):
+    """The table, the real text's figures, the choice and the plot, from the measured settings."""
+    real = header["real"]
+    for r in results:
+        r["within_real_range"] = within_real_range(r, real, args.sigmas)
     chosen = choose(results, real, args.sigmas)
     print("\n" + table(results, real, chosen, args.sigmas) + "\n")
     print(f"real continuations: non-words {_pct(real['non_word_rate'])} %, repeated 4-grams "
           f"{_pct(real['repeated_4gram_share'])} % (± {_pct(real['repeated_4gram_share_se'])}), longest repeated span "
           f"{real['longest_repeated_span']:.1f} words (± {real['longest_repeated_span_se']:.1f}); the model's bits per "
-          f"byte on them {bpb:.3f}; {len(openings)} openings, {time.time() - start:.0f} s")
+          f"byte on them {header['model_bits_per_byte_on_real']:.3f}; {header['openings']} openings")
     if chosen is None:
         print("chosen: none (no sampled setting keeps its repetition within the real text's range)")
     else:
         keys = ("temperature", "top_k", "top_p", "repetition_penalty", "min_p")
         print("chosen: " + json.dumps({k: chosen[k] for k in keys if chosen[k] is not None}))
     if args.plot != "none":
-        title = (f"{Path(args.model).name if Path(args.model).name != 'model' else args.model}: {len(openings)} "
-                 f"validation openings, {args.new_tokens} new tokens, top-k {args.top_k} (marker size: top-p)")
+        model = Path(header["model"])
+        name = str(model.relative_to(REPO)) if model.is_absolute() and model.is_relative_to(REPO) else str(model)
+        title = (f"{name}: {header['openings']} validation openings, {header['new_tokens']} new tokens, top-k "
+                 f"{args.top_k} (marker size: top-p)")
         plot(results, real, chosen, Path(args.plot), args.sigmas, title)
         print(f"plot: {args.plot}")
     return results, real, chosen
+
+
+def replay(args):
+    """`--results`: the table, choice and plot of a saved run (its JSON lines), without generating again."""
+    lines = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.startswith("{")]
+    header = next(line for line in lines if line.get("bench") == "samples")
+    return report(args, header, [line["setting"] for line in lines if "setting" in line])
 
 
 def _rounded(d: dict) -> dict:
@@ -591,7 +612,12 @@ def main(argv=None):
     samples.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     samples.add_argument("--samples-grid", action="store_true",
                          help="with --samples: samples at every setting of the grid (--temperatures, --top-ps, ...)")
+    parser.add_argument("--results", default=None,
+                        help="a saved run's output (its JSON lines): print its table and choice, draw its plot")
     args = parser.parse_args(argv)
+    if args.results:
+        args.top_k = 50 if args.top_k is None else args.top_k
+        return replay(args)
     if not Path(args.model).is_dir() or not (Path(args.model) / "config.json").is_file():
         parser.error(f"no exported model at {args.model} (a folder with config.json: the training's output_dir/model)")
     for name in ("num_openings", "opening_words", "new_tokens", "sample_tokens", "settings_per_call"):

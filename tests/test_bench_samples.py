@@ -136,6 +136,10 @@ def test_the_bench_runs_end_to_end_and_chooses(tiny_export, pg19_tiny, tmp_path,
     assert "| real text |" in out and "chosen: " in out
     assert chosen is None or chosen["do_sample"]
     assert plot.stat().st_size > 10_000
+    saved = tmp_path / "run.txt"
+    saved.write_text(out)  # --results: the same table and choice from a saved run, without the model
+    replayed = bs.main(["--results", str(saved)])
+    assert replayed[2] == chosen and "| real text |" in capsys.readouterr().out
 
 
 def test_the_bench_refuses_a_missing_dataset_before_loading_anything(tiny_export, tmp_path, capsys):
