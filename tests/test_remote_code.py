@@ -54,6 +54,11 @@ def same(a, b):
     return a[0] == b[0] and torch.allclose(a[1], b[1], rtol=0, atol=1e-4)
 
 
+def differ(a, b):
+    gap = (a[1] - b[1]).abs().max().item() if a[1].shape == b[1].shape else "shapes differ"
+    return f"tokens {a[0]} vs {b[0]}, largest logit difference {gap}"
+
+
 # Prompts of different lengths, so a batch of them is left-padded.
 PROMPTS = ["It was a dark and stormy night", "Reader, I married him", "Call me Ishmael. Some years ago"]
 alone_inputs = [tokenizer(p, return_tensors="pt") for p in PROMPTS]
@@ -68,11 +73,12 @@ for implementation, m in models.items():
     alone = [greedy(m, inputs)[0] for inputs in alone_inputs]
     for prompt, inputs, cached in zip(PROMPTS, alone_inputs, alone):
         uncached = greedy(m, inputs, use_cache=False)[0]
-        assert same(cached, uncached), f"{implementation}, {prompt!r}: cached {cached} != uncached {uncached}"
+        assert same(cached, uncached), f"{implementation}, {prompt!r}: cached != uncached: {differ(cached, uncached)}"
     for use_cache in (True, False):
         batched = greedy(m, batch, use_cache=use_cache)
         for prompt, row, single in zip(PROMPTS, batched, alone):
-            assert same(row, single), f"{implementation}, use_cache={use_cache}, {prompt!r}: in a left-padded batch {row} != alone {single}"
+            assert same(row, single), (
+                f"{implementation}, use_cache={use_cache}, {prompt!r}: left-padded batch != alone: {differ(row, single)}")
     tokens[implementation] = [row[0] for row in alone]
 assert tokens["sdpa"] == tokens["eager"], tokens
 with torch.no_grad():  # the same model whichever attention implementation computes it, padded rows included
