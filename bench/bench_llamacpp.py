@@ -53,7 +53,18 @@ def emit(record: dict) -> dict:
 # --------------------------------------------------------------------------------------------------- llama.cpp side
 WORKER = r"""
 import json, sys, time
+import llama_cpp.llama_cpp as low_level
 from llama_cpp import Llama
+
+if "--no-extra-bufts" in sys.argv:
+    # Extra CPU buffer types (AMX tiles, weight repacking) off: in a VM that does not grant AMX state, a build with
+    # -DGGML_NATIVE=ON on an AMX CPU traps (invalid opcode, `tilezero`) on its first q8_0 matmul.
+    _default_params = low_level.llama_model_default_params
+    def _params():
+        params = _default_params()
+        params.use_extra_bufts = False
+        return params
+    low_level.llama_model_default_params = _params  # what Llama.__init__ calls
 
 models = {}
 for line in sys.stdin:
@@ -88,12 +99,14 @@ for line in sys.stdin:
 class LlamaCpp:
     """llama.cpp (llama-cpp-python) in a worker process of its own interpreter; one request at a time."""
 
-    def __init__(self, python: str = DEFAULT_VENV_PYTHON, threads: int = 2):
+    def __init__(self, python: str = DEFAULT_VENV_PYTHON, threads: int = 2, extra_bufts: bool = True):
         if not Path(python).exists():
             raise SystemExit(f"no llama.cpp interpreter at {python}: build llama-cpp-python there (see the docstring)")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.threads = threads
-        self.proc = subprocess.Popen([python, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.extra_bufts = extra_bufts
+        flags = [] if extra_bufts else ["--no-extra-bufts"]
+        self.proc = subprocess.Popen([python, "-c", WORKER, *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, bufsize=1)
 
     def _call(self, **request) -> dict:
@@ -256,20 +269,21 @@ def part_speed(llama: LlamaCpp, which: list[str], presets: list[str], work: Path
             side, kind = name.split("-", 1)
             if side == "ours":
                 model = load_ours(export, kind)
-                runners[name] = lambda prompt, m=model: ours_ms_per_token(m, prompt, new_tokens)
+                runners[name] = lambda prompt, n, m=model: ours_ms_per_token(m, prompt, n)
             else:
                 path = llama.load(convert(export, work / f"speed-{preset}-{kind}.gguf", kind), n_ctx=prompt_tokens + new_tokens)
-                runners[name] = lambda prompt, p=path: llamacpp_ms_per_token(llama, p, prompt, new_tokens)
+                runners[name] = lambda prompt, n, p=path: llamacpp_ms_per_token(llama, p, prompt, n)
         generator = torch.Generator().manual_seed(0)
         prompt = torch.randint(2, 4000, (prompt_tokens,), generator=generator).tolist()
         for run in runners.values():  # warm-up: first-call allocations, thread pools
-            run(prompt)
+            run(prompt, 8)
         times = {name: [] for name in runners}
         for _ in range(repeats):  # alternating, so a busy spell hits every contender alike
             for name, run in runners.items():
-                times[name].append(run(prompt))
+                times[name].append(run(prompt, new_tokens))
         for name, values in times.items():
             records.append(emit({"bench": "llamacpp_speed", "preset": preset, "which": name, "threads": llama.threads,
+                                 "llamacpp_extra_bufts": llama.extra_bufts,
                                  "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
                                  "ms_per_token_median": round(statistics.median(values), 2),
                                  "ms_per_token_min": round(min(values), 2), "all": [round(v, 2) for v in values]}))
@@ -304,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=str(REPO.parent / "shared" / "data" / "pg19-sample"))
     parser.add_argument("--llamacpp-python", default=DEFAULT_VENV_PYTHON)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-extra-bufts", action="store_true",
+                        help="llama.cpp without extra CPU buffer types (AMX, repacking): for a VM that traps on AMX")
     parser.add_argument("--prompt-tokens", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -319,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    llama = LlamaCpp(args.llamacpp_python, threads=args.threads)
+    llama = LlamaCpp(args.llamacpp_python, threads=args.threads, extra_bufts=not args.no_extra_bufts)
     records = []
     with tempfile.TemporaryDirectory(prefix="bench_llamacpp.") as tmp:
         work = Path(tmp)
