@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from conftest import REPO_ROOT
 from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM, VictorianGPTModel
 from victorian_gpt.configuration_victorian_gpt import MODERN
+from victorian_gpt.modeling_victorian_gpt import GENERATION_DEFAULTS
 
 torch.set_num_threads(2)
 
@@ -160,7 +161,7 @@ def test_left_padded_batch_generates_what_each_prompt_does_alone(variant):
 def test_generation_defaults_are_used_unless_overridden():
     model = make_model()
     gc = model.generation_config
-    assert (gc.do_sample, gc.temperature, gc.top_k, gc.top_p, gc.repetition_penalty) == (True, 1.3, 50, 0.95, 1.2)
+    assert {name: getattr(gc, name) for name in GENERATION_DEFAULTS} == GENERATION_DEFAULTS
     assert (gc.bos_token_id, gc.eos_token_id, gc.pad_token_id) == (0, 0, 1)
     prompt = random_ids(1, 5)
     torch.manual_seed(3)
@@ -203,7 +204,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, caplog, variant):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     ids = random_ids(2, 30)
     assert torch.equal(model(ids).logits, loaded(ids).logits)
-    assert loaded.generation_config.temperature == 1.3
+    assert loaded.generation_config.temperature == GENERATION_DEFAULTS["temperature"]
     assert isinstance(AutoConfig.from_pretrained(tmp_path), VictorianGPTConfig)
 
 

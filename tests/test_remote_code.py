@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, run_isolated
+from victorian_gpt.modeling_victorian_gpt import GENERATION_DEFAULTS
 
 STRANGER = r"""
 import json, sys, threading
@@ -191,8 +192,7 @@ def test_export_folder_contents(tiny_export):
             "tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     generation = json.loads((Path(tiny_export) / "generation_config.json").read_text())
-    assert generation["do_sample"] is True and generation["temperature"] == 1.3 and generation["top_k"] == 50
-    assert generation["top_p"] == 0.95 and generation["repetition_penalty"] == 1.2
+    assert {name: generation[name] for name in GENERATION_DEFAULTS} == GENERATION_DEFAULTS
     assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (0, 0, 1)
     tokenizer_config = json.loads((Path(tiny_export) / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # loadable by transformers 4.x too

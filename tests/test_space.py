@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, free_port, stop_process, wait_for_http
+from victorian_gpt.modeling_victorian_gpt import GENERATION_DEFAULTS
 
 PROMPT = "It was a dark and stormy night; the rain fell in torrents"
 GEN_LINE = re.compile(r"(gen-\d+) (finished|cancelled|failed) after (\d+)/(\d+) tokens")
@@ -214,7 +215,9 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
     entries = history_entries()[::-1]
     seeds = [entry.get_attribute("data-seed") for entry in entries]
     assert seeds[0] != seeds[1] and all(s.isdigit() for s in seeds) and seeds[2:] == ["1234", "1234"]
-    assert all(PROMPT in entry.text and "temperature 1.3 · top-k 50 · top-p 0.95" in entry.text for entry in entries)
+    defaults = GENERATION_DEFAULTS  # the sliders start at the export's generation_config.json
+    shown = f"temperature {defaults['temperature']} · top-k {defaults['top_k']} · top-p {defaults['top_p']}"
+    assert all(PROMPT in entry.text and shown in entry.text for entry in entries)
 
     # ... and offers them as downloads, built in the page: what the browser saves is what was shown
     browser.find_element(By.CSS_SELECTOR, "#history-jsonl").click()
@@ -224,10 +227,10 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
     assert [str(row["seed"]) for row in rows] == seeds
     assert all(row["prompt"] == PROMPT and row["stopped"] is False and row["do_sample"] is True for row in rows)
     assert {(row["max_new_tokens"], row["temperature"], row["top_k"], row["top_p"], row["repetition_penalty"])
-            for row in rows} == {(100, 1.3, 50, 0.95, 1.2)}
+            for row in rows} == {(100, *(defaults[name] for name in ("temperature", "top_k", "top_p", "repetition_penalty")))}
     markdown = downloaded(browser.downloads, "victorian-gpt-history.md")
     assert markdown.startswith("# VictorianGPT: generations") and "## 4" in markdown
-    assert markdown.count(f"> {PROMPT}") == 4 and markdown.count("seed 1234 · temperature 1.3") == 2
+    assert markdown.count(f"> {PROMPT}") == 4 and markdown.count(f"seed 1234 · temperature {defaults['temperature']}") == 2
 
     # Stop: a long generation ends part-way, and what was written joins the history marked "stopped"
     length = browser.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=number]")

@@ -31,8 +31,9 @@ def save_model_folder(model, tokenizer, output_dir: str | os.PathLike, extra_fil
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer.model_max_length > model.config.n_positions:
-            tokenizer.model_max_length = model.config.n_positions
+        context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings  # ours / native
+        if tokenizer.model_max_length > context:
+            tokenizer.model_max_length = context
         save_tokenizer(tokenizer, tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)

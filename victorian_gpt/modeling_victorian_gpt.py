@@ -382,8 +382,9 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
 
 
 # The product's sampling defaults. They live on `model.generation_config`, which `save_pretrained` writes to
-# generation_config.json; `generate()`, the Space and the server read them from there.
-GENERATION_DEFAULTS = dict(do_sample=True, temperature=1.3, top_k=50, top_p=0.95, repetition_penalty=1.2)
+# generation_config.json; `generate()`, the Space and the server read them from there. Chosen by bench/bench_samples.py
+# (the fewest non-words whose repetition stays within real prose's at 200 tokens; README, "Sampling defaults").
+GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.5, top_k=50, top_p=0.9, repetition_penalty=1.2)
 
 
 class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
