@@ -9,9 +9,12 @@ import re
 import shutil
 import sys
 
+import subprocess
+
 import pytest
 import torch
 
+from conftest import REPO_ROOT
 from test_training import metrics, run, step_losses, tiny_args
 from training.config import load_config
 from training.optim import lr_factor
@@ -105,7 +108,7 @@ def test_early_stopping_exports_the_best_checkpoint_which_pruning_keeps(tmp_path
 
 def test_a_time_budget_counts_training_steps_only_and_resumes_its_clock(tmp_path, pg19_tiny, tiny_tokenizer_dir):
     out = tmp_path / "timed"
-    budget_s = 2.0
+    budget_s = 4.0  # several steps even on a busy machine, where one step can take over 2 s
     args = ["--tokenizer", str(tiny_tokenizer_dir), "--max_train_minutes", str(budget_s / 60), "--max_steps", "100000",
             "--eval_steps", "2", "--eval_on_start", "false", "--max_eval_samples", "8", "--num_samples", "0",
             "--save_steps", "1", "--save_total_limit", "100", "--lr_scheduler_type", "warmup_stable_decay",
@@ -138,3 +141,31 @@ def test_a_time_budget_counts_training_steps_only_and_resumes_its_clock(tmp_path
     after = [m for m in metrics(resumed) if "loss" in m and m["step"] > int(first.name.split("_")[1])]
     assert after[0]["train_time_s"] > clock and after[-1]["train_time_s"] >= budget_s
     assert after[0]["train_time_s"] - after[0]["step_time_s"] == pytest.approx(clock, abs=0.01)
+
+
+def test_native_export_writes_the_same_model_as_transformers_own_class(tmp_path, pg19_tiny, tiny_tokenizer_dir):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "native"
+    run([sys.executable, "-m", "training.train",
+         *tiny_args(out, pg19_tiny, "--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "2", "--eval_steps", "0",
+                    "--num_samples", "0", "--save_steps", "0", "--native_export", "true")])
+    native = out / "model-hf"
+    assert json.loads((native / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    assert "auto_map" not in json.loads((native / "config.json").read_text())
+    assert not list(native.glob("*.py")) and (native / "generation_config.json").exists()
+    ours = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=True).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(native, trust_remote_code=False).eval()
+    ids = torch.randint(2, ours.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, rtol=0, atol=1e-4)
+
+
+def test_native_export_of_an_option_no_native_class_has_fails_before_anything_is_written(tmp_path, pg19_tiny):
+    out = tmp_path / "capped"
+    proc = subprocess.run([sys.executable, "-m", "training.train",
+                           *tiny_args(out, pg19_tiny, "--native_export", "true",
+                                      "--model_overrides", "{final_logit_softcapping: 30.0}")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "final_logit_softcapping" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()

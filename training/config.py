@@ -34,6 +34,8 @@ class TrainingConfig:
     lora_export: str = "merged"  # "merged" (a standalone model) or "adapter" (adapter_config.json + adapter weights)
     general_dataset: str | None = None  # a second source measured before and after fine-tuning (what was forgotten)
     general_split: str = "test"
+    native_export: bool = False  # also write output_dir/model-hf: the same weights as transformers' own class
+    #   (Qwen3 / Llama / GPT-2, no remote code; `victorian-gpt convert --to transformers`), for vLLM, TGI, MLX
     tokenizer: str | None = None  # a tokenizer folder; None: train one on the training split, saved in output_dir
     tokenizer_max_books: int | None = None  # books used to train that tokenizer (None: the whole split)
     # --- data
@@ -213,6 +215,8 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
             raise ValueError("lora_target_modules is empty; leave it null for the attention and MLP projections")
     elif config.lora_export != "merged":
         raise ValueError("lora_export applies to finetuning_type 'lora' only")
+    if config.native_export and config.finetuning_type == "lora" and config.lora_export == "adapter":
+        raise ValueError("native_export writes a whole model; an adapter export (lora_export: adapter) is not one")
     if config.revision is not None and config.model_name_or_path is None:
         raise ValueError("revision names a revision of model_name_or_path, which is not set")
     for name in ("validation_split_percentage", "test_split_percentage"):

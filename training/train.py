@@ -45,6 +45,7 @@ from .optim import build_optimizer, lr_factor, set_learning_rates
 
 METRICS = "metrics.jsonl"
 DEFAULT_PRESET = "gpt2-124m"  # the model trained from scratch when model_preset is not set
+NATIVE_EXPORT = "model-hf"  # native_export's folder beside output_dir/model (on the Hub: its own USER/NAME-hf repo)
 PROMPTS = [  # Victorian openings for the samples shown at each evaluation
     "It was a dark and stormy night; the rain fell in torrents",
     "My dear Sir, I have the honour to inform you that",
@@ -81,6 +82,13 @@ def check_inputs(config: TrainingConfig):
     else:
         model_config = VictorianGPTConfig.from_preset(config.model_preset or DEFAULT_PRESET, **config.model_overrides)
         start_tokenizer = None
+    if config.native_export:  # an option no native class has fails now, not after the run
+        from victorian_gpt.convert import native_architecture
+
+        if not isinstance(model_config, VictorianGPTConfig):
+            raise ValueError(f"native_export: {config.model_name_or_path} is already a native "
+                             f"{type(model_config).__name__}; its export is the native folder")
+        native_architecture(model_config)
     n_positions = context_length(model_config)
     block_size = config.block_size or n_positions
     if block_size > n_positions:
@@ -709,6 +717,11 @@ def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, 
             save_model_folder(model, s.tokenizer, export_dir, extra_files=extra)
         else:  # a native starting model (Qwen3, Llama classes): the same folder, written for its config
             save_adapter_folder(model, s.tokenizer, export_dir, extra_files=extra)
+    if config.native_export:
+        from victorian_gpt.convert import to_transformers
+
+        native_dir = to_transformers(export_dir, export_dir.with_name(NATIVE_EXPORT), overwrite=True)
+        s.accelerator.print(f"exported {native_dir}: the same weights as transformers' own class (no remote code)")
     s.accelerator.print(f"exported {export_dir} (step {exported_step}): validation bits/byte "
                         f"{final['validation']['bits_per_byte']:.4f}, {run['tokens_seen']:,} tokens in "
                         f"{run['wall_time_s']:.0f}s")
