@@ -51,14 +51,14 @@ def test_an_adapter_folder_gets_a_peft_card(tmp_path, tiny_export):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.finetune import save_adapter_folder
+    from victorian_gpt.export import save_model_folder
 
     base = AutoModelForCausalLM.from_pretrained(tiny_export, trust_remote_code=True)
     model = get_peft_model(base, LoraConfig(r=8, target_modules=["c_attn", "c_fc", "c_proj"], fan_in_fan_out=True))
     summary = {"model_config": json.loads((tiny_export / "config.json").read_text()), "dataset": "me/dickens",
                "finetuning": _finetuning("adapter", "lora"), "eval": {"validation": {"bits_per_byte": 1.44}},
                "books_seen": 4, "tokens_seen": 147456, "steps": 18}
-    folder = save_adapter_folder(model, AutoTokenizer.from_pretrained(tiny_export), tmp_path / "adapter",
+    folder = save_model_folder(model, AutoTokenizer.from_pretrained(tiny_export), tmp_path / "adapter",
                                  extra_files={"training_summary.json": json.dumps(summary).encode()})
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                         "tokenizer.json", "tokenizer_config.json",

@@ -239,46 +239,6 @@ def is_peft_model(model) -> bool:
     return type(model).__module__.startswith("peft.")
 
 
-def save_adapter_folder(peft_model, tokenizer, output_dir, extra_files: dict[str, bytes] | None = None) -> Path:
-    """The adapter alone (`adapter_config.json` naming its base, `adapter_model.safetensors`) + tokenizer + extra
-    files, written into a temporary sibling and renamed into place (whole or not at all), as exports are. Also
-    writes a native model (Qwen3, Llama, GPT-2 classes: `save_pretrained` + tokenizer), which
-    `victorian_gpt.export.save_model_folder` cannot (it reads VictorianGPT's `n_positions`)."""
-    import shutil
-    import tempfile
-
-    from victorian_gpt.tokenization import save_tokenizer
-
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        peft_model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer.model_max_length > context_length(peft_model.config):
-            tokenizer.model_max_length = context_length(peft_model.config)
-        (tmp / "README.md").unlink(missing_ok=True)  # peft's placeholder card; `victorian-gpt card` writes the real one
-        save_tokenizer(tokenizer, tmp)
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        for path in tmp.iterdir():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output_dir.rename(old)
-            tmp.rename(output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
-
-
 def load_for_eval(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """(model, tokenizer) for `victorian-gpt eval`: an export or native folder, a Hub repo (the remote-code rule
     applies), or a LoRA adapter folder (its base loaded as its adapter_config.json names it, the adapter on top)."""

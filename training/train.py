@@ -647,7 +647,7 @@ def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, 
     import victorian_gpt
     from victorian_gpt.export import save_model_folder
 
-    from .finetune import count_parameters, is_peft_model, save_adapter_folder
+    from .finetune import count_parameters, is_peft_model
 
     run, config = s.run, s.config
     summary = {
@@ -709,14 +709,10 @@ def write_export(s: Session, export_dir: Path, final: dict, exported_step: int, 
         }
     extra = {"training_summary.json": json.dumps(summary, indent=2).encode(),
              "loss_curve.png": plot_loss_curve(s.history)}
-    if is_peft_model(s.raw_model) and config.lora_export == "adapter":
-        save_adapter_folder(s.raw_model, s.tokenizer, export_dir, extra_files=extra)
-    else:  # merged: a standalone model, loaded like any export
-        model = s.raw_model.merge_and_unload() if is_peft_model(s.raw_model) else s.raw_model
-        if hasattr(model.config, "n_positions") or not config.model_name_or_path:
-            save_model_folder(model, s.tokenizer, export_dir, extra_files=extra)
-        else:  # a native starting model (Qwen3, Llama classes): the same folder, written for its config
-            save_adapter_folder(model, s.tokenizer, export_dir, extra_files=extra)
+    model = s.raw_model  # ours or a native class; a peft model: the adapter alone, or merged into a standalone model
+    if is_peft_model(model) and config.lora_export != "adapter":
+        model = model.merge_and_unload()
+    save_model_folder(model, s.tokenizer, export_dir, extra_files=extra)
     if config.native_export:
         from victorian_gpt.convert import to_transformers
 

@@ -25,12 +25,15 @@ def save_model_folder(model, tokenizer, output_dir: str | os.PathLike, extra_fil
     """Save `model` + `tokenizer` (+ `extra_files`, name -> bytes) into `output_dir`, replacing it atomically.
 
     Written into a temporary sibling first and renamed into place, so a crash never leaves a half-written export.
+    `model` is ours, a native transformers class (Qwen3, Llama, GPT-2), or a peft model (then the adapter alone:
+    `adapter_config.json` naming its base + `adapter_model.safetensors`).
     """
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's placeholder card; `victorian-gpt card` writes the real one
         context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings  # ours / native
         if tokenizer.model_max_length > context:
             tokenizer.model_max_length = context
