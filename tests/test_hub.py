@@ -575,8 +575,14 @@ inputs = tokenizer("It was the best of times,", return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
 assert out.shape[1] == inputs["input_ids"].shape[1] + 12, out.shape
 generator = pipeline("text-generation", model=repo_id, trust_remote_code=True)
-text = generator("My dear Watson,", max_new_tokens=12)[0]["generated_text"]
-assert text.startswith("My dear Watson,") and len(text) > len("My dear Watson,"), text
+torch.manual_seed(0)
+sampled = generator("My dear Watson,", max_new_tokens=12)[0]["generated_text"]  # the card's defaults: sampling
+assert sampled.startswith("My dear Watson,"), sampled
+# Greedy through the pipeline is the model's own greedy continuation (a sampled one may end at once on EOS).
+greedy = model.generate(**tokenizer("My dear Watson,", return_tensors="pt"), max_new_tokens=12, do_sample=False)
+expected = tokenizer.decode(greedy[0], skip_special_tokens=True)
+text = generator("My dear Watson,", max_new_tokens=12, do_sample=False)[0]["generated_text"]
+assert text == expected and len(text) > len("My dear Watson,"), (text, expected)
 print("OFFLINE OK", repr(text))
 """
 
