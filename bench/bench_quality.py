@@ -3,6 +3,11 @@ same cores, one after the other, then measured on held-out books.
 
     python bench/bench_quality.py                       # 25 minutes each, the README's launcher (2 gloo processes)
     python bench/bench_quality.py --minutes 5 --recipes modern
+    python bench/bench_quality.py --recipes modern,modern+zero_init_residual=true    # an ablation against its base
+
+A recipe is a name of RECIPES, optionally followed by `+key=value` changes: keys of the model's config go into the
+config's `model_overrides`, others are training keys (`modern+n_positions=512+micro_batch_size=8`). The changed
+config is written beside the run (`<output>/<recipe>.yaml`), so every figure names exactly what was trained.
 
 Each recipe is a training config (`training/configs/<name>.yaml`: model, tokenizer size, optimizer, schedule,
 precision), trained by the product's own command, `accelerate launch ... -m training.train`, with
@@ -35,6 +40,31 @@ OPENINGS = [  # the Space's first three examples (spaces_app/app.py)
     "It is a truth universally acknowledged, that a single man in possession of a good fortune,",
     "The fog lay thick upon the river, and the lamplighter had scarcely begun his round, when",
 ]
+
+
+def recipe_config(spec: str, root: Path) -> Path:
+    """The training config of a recipe spec: RECIPES[name] itself, or a copy with the `+key=value` changes applied."""
+    import yaml
+
+    from victorian_gpt.configuration_victorian_gpt import VictorianGPTConfig
+
+    name, *changes = spec.split("+")
+    if not changes:
+        return RECIPES[name]
+    config = yaml.safe_load(RECIPES[name].read_text())
+    model_keys = set(VictorianGPTConfig().to_dict())
+    for change in changes:
+        key, value = change.split("=", 1)
+        value = yaml.safe_load(value)
+        if key in model_keys:
+            config.setdefault("model_overrides", {})[key] = value
+        else:
+            config[key] = value
+    path = root / f"{spec}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {spec}: {RECIPES[name].relative_to(REPO)} with {', '.join(changes)}\n"
+                    + yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def train(recipe: str, config: Path, minutes: float, dataset: str, output: Path, num_processes: int) -> float:
@@ -134,17 +164,19 @@ def main(argv=None) -> int:
         parser.error(str(error))
     recipes = args.recipes.split(",")
     for name in recipes:
-        if name not in RECIPES:
-            parser.error(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        base, *changes = name.split("+")
+        if base not in RECIPES or not all("=" in change for change in changes):
+            parser.error(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}, each optionally +key=value...")
     root = Path(args.output)
     results, curves = {}, {}
+    configs = {name: recipe_config(name, root) for name in recipes}  # every spec is checked before any training
     for name in recipes:
         output = root / name
-        wall = train(name, RECIPES[name], args.minutes, args.dataset, output, args.num_processes)
+        wall = train(name, configs[name], args.minutes, args.dataset, output, args.num_processes)
         summary = json.loads((output / "model" / "training_summary.json").read_text())
         export = output / "model"
         record = {
-            "bench": "quality", "recipe": name, "config": str(RECIPES[name].relative_to(REPO)),
+            "bench": "quality", "recipe": name, "config": str(configs[name]),
             "minutes": args.minutes, "train_time_s": summary.get("train_time_s"), "wall_s": round(wall, 1),
             "steps": summary["steps"], "tokens": summary["tokens_seen"], "hardware": summary["hardware"],
             "validation": evaluate(export, args.dataset, "validation"),
@@ -162,6 +194,13 @@ def main(argv=None) -> int:
                  for split in ("validation", "test")}
         ratio["tokens_ratio"] = round(results["modern"]["tokens"] / results["gpt2"]["tokens"], 3)
         print(json.dumps({"bench": "quality", "modern_vs_gpt2": ratio, "minutes": args.minutes}), flush=True)
+    base = recipes[0]
+    for name in recipes[1:]:  # each later recipe against the first: an ablation's delta
+        delta = {f"{split}_bits_per_byte_delta": round(results[name][f"{split}_bits_per_byte"]
+                                                       - results[base][f"{split}_bits_per_byte"], 4)
+                 for split in ("validation", "test")}
+        print(json.dumps({"bench": "quality", "recipe": name, "against": base, **delta,
+                          "tokens_ratio": round(results[name]["tokens"] / results[base]["tokens"], 3)}), flush=True)
     plot(curves, root / "quality.png", args.minutes)
     print(f"plot: {root / 'quality.png'}", file=sys.stderr)
     return 0
