@@ -76,8 +76,12 @@ def test_preemption_through_the_launcher_three_ways_resumes_bit_for_bit(tmp_path
             assert f"got signal: {int(signal.SIGTERM if how == 'launcher' else signal.SIGINT)}" in output
         for rank in (0, 1):
             assert (broken / "checkpoints" / f"step_{saved}" / f"data_state_rank{rank}.npz").is_file()
+    # a save that crashed half-way (left its temporary folder) must not be mistaken for the latest checkpoint
+    (broken / "checkpoints" / f".tmp-step_{saved + 5}").mkdir()
     run([*launch_2(), "-m", "training.train", *args(broken, "--resume_from_checkpoint", "latest")])
     assert step_losses(broken) == reference  # bit for bit, across three interruptions
+    summary = json.loads((broken / "model" / "training_summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["tokens_seen"] == STEPS * summary["tokens_per_step"]
 
 
 def test_prepared_shards_with_muon_resume_exactly_on_two_processes(tmp_path, pg19_tiny, tiny_tokenizer_dir):

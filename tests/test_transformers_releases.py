@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_remote_code import STRANGER, any_export, modern_tiny_export  # noqa: F401 (fixtures)
+from test_remote_code import STRANGER, modern_tiny_export  # noqa: F401 (a fixture, also named as a test's parameter)
 
 from conftest import REPO_ROOT, run_isolated
 
@@ -42,13 +42,19 @@ def in_process_greedy():
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_export_serves_a_stranger_on_other_transformers_releases(release, any_export, in_process_greedy, tmp_path):
+def test_exports_serve_a_stranger_on_other_transformers_releases(release, tiny_export, modern_tiny_export,
+                                                                  in_process_greedy, tmp_path):
+    """Both recipes' exports, one after the other in one process of that release (one interpreter start per release)."""
     python = REPO_ROOT / ".venvs" / f"transformers-{release}" / "bin" / "python"
     if not python.exists():
         pytest.fail(f"{python} missing: run `bash scripts/install_test_deps.sh` first")
-    result = run_isolated(f"FOLDER = {str(any_export)!r}\n" + STRANGER, cwd=tmp_path, python=str(python))
+    folders = [str(tiny_export), str(modern_tiny_export)]
+    script = f"STRANGER = {STRANGER!r}\nfor FOLDER in {folders!r}:\n    exec(STRANGER, {{'FOLDER': FOLDER, '__name__': '__main__'}})\n"
+    result = run_isolated(script, cwd=tmp_path, python=str(python))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.rsplit("RESULT ", 1)[1])
-    assert report["transformers"] == release
-    assert report["switched"], "set_attn_implementation is missing"
-    assert report["greedy"] == in_process_greedy(any_export), f"transformers {release} generates other tokens"
+    reports = [json.loads(part.splitlines()[0]) for part in result.stdout.split("RESULT ")[1:]]
+    assert len(reports) == 2, result.stdout[-3000:]
+    for folder, report in zip(folders, reports):
+        assert report["transformers"] == release
+        assert report["switched"], "set_attn_implementation is missing"
+        assert report["greedy"] == in_process_greedy(folder), f"transformers {release} generates other tokens ({folder})"

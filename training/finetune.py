@@ -21,68 +21,27 @@ import json
 import os
 from pathlib import Path
 
+from spaces_app.textgen.loading import ADAPTER_CONFIG, is_local_model
+from spaces_app.textgen.loading import model_source as _model_source
+
 # LoRA's default targets: the attention and MLP projections of each layout we train or convert to.
 LORA_TARGETS = (
     "c_attn", "c_proj", "c_fc",  # VictorianGPT (nn.Linear and Conv1D layouts alike), GPT-2
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",  # Llama, Qwen3 (native folders)
 )
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_MISSING = ("finetuning_type 'lora' needs peft (the Hugging Face LoRA library): pip install 'victorian-gpt[lora]' "
                 "(or pip install peft)")
 
 
-def is_local_model(name: str) -> bool:
-    """A local folder rather than a Hub id (`owner/name`)."""
-    path = Path(os.path.expanduser(name))
-    return path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
 def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False,
-                 key: str = "model_name_or_path", trust_hint: str = "trust_remote_code: true") -> dict:
-    """Find `name`'s config.json (a local folder, or the Hub through `hf_hub_download`, which honours
-    HF_HUB_OFFLINE and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config",
-    "remote_code", "trust_remote_code"}; raises a one-line ValueError / FileNotFoundError."""
-    if is_local_model(name):
-        folder = Path(os.path.expanduser(name))
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{key} {name!r}: no such folder (nor a Hub model id)")
-        if not (folder / "config.json").is_file():
-            hint = (" (it holds a LoRA adapter: start from its base model, named in adapter_config.json)"
-                    if (folder / ADAPTER_CONFIG).is_file() else "")
-            raise FileNotFoundError(f"{key} {name!r} has no config.json: not a model folder{hint}")
-        config = json.loads((folder / "config.json").read_text())
-        return {"name": str(folder.resolve()), "local": True, "config": config,
-                "remote_code": "auto_map" in config, "trust_remote_code": "auto_map" in config}
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    at = f" at revision {revision!r}" if revision else ""
-    try:
-        path = hf_hub_download(name, "config.json", revision=revision)
-    except HFValidationError as error:
-        raise ValueError(f"{key} {name!r} is neither a local folder nor a valid Hub model id ({error})") from None
-    except LocalEntryNotFoundError:
-        raise ValueError(f"{key} {name!r}{at} is not in the local Hub cache and the Hub cannot be reached "
-                         "(offline: HF_HUB_OFFLINE=1?); check the id and revision, or download it first") from None
-    except RevisionNotFoundError:
-        raise ValueError(f"{key} {name!r} has no revision {revision!r} on the Hub") from None
-    except RepositoryNotFoundError:
-        raise ValueError(f"{key} {name!r} is not a model repository on the Hub (or it is private or gated: log in "
-                         "with `hf auth login`)") from None
-    except EntryNotFoundError:
-        raise ValueError(f"{key} {name!r}{at} has no config.json: not a transformers model") from None
-    config = json.loads(Path(path).read_text())
-    remote = "auto_map" in config
-    if remote and not trust_remote_code:
-        raise ValueError(f"{key} {name!r} runs its own code (config.json has auto_map): read it, then pass "
-                         f"{trust_hint}, with revision pinned to a commit hash so the code cannot change under you")
-    return {"name": name, "local": False, "config": config, "remote_code": remote, "trust_remote_code": remote}
+                 key: str = "model_name_or_path", trust_hint: str = "trust_remote_code: true, with revision") -> dict:
+    """The serving side's rule (spaces_app.textgen.loading.model_source), in fine-tuning's words; a local folder's
+    name comes back absolute, as the card and the training summary record it."""
+    source = _model_source(name, revision, trust_remote_code, key=key, trust_hint=trust_hint)
+    if source["local"]:
+        source["name"] = str(Path(source["name"]).resolve())
+    return source
 
 
 def context_length(model_config) -> int:
@@ -255,12 +214,12 @@ def load_for_eval(name: str, revision: str | None = None, trust_remote_code: boo
         if not base:
             raise ValueError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path")
         source = model_source(base, adapter.get("revision"), trust_remote_code, key="the adapter's base model",
-                              trust_hint="--trust-remote-code")
+                              trust_hint="--trust-remote-code, with --revision")
         model = AutoModelForCausalLM.from_pretrained(source["name"], revision=adapter.get("revision"),
                                                      trust_remote_code=source["trust_remote_code"])
         model = PeftModel.from_pretrained(model, str(folder))
         return model, AutoTokenizer.from_pretrained(str(folder))
-    source = model_source(name, revision, trust_remote_code, key="model", trust_hint="--trust-remote-code")
+    source = model_source(name, revision, trust_remote_code, key="model", trust_hint="--trust-remote-code, with --revision")
     model = AutoModelForCausalLM.from_pretrained(source["name"], revision=revision,
                                                  trust_remote_code=source["trust_remote_code"])
     return model, AutoTokenizer.from_pretrained(source["name"], revision=revision,

@@ -80,18 +80,29 @@ def is_local_model(name: str) -> bool:
     return path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False) -> dict:
+ADAPTER_CONFIG = "adapter_config.json"  # what a peft (LoRA) adapter folder holds instead of config.json
+
+
+def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False, *, key: str = "",
+                 trust_hint: str = "--trust-remote-code (TRUST_REMOTE_CODE=1 in the Space), with --revision") -> dict:
     """Read `name`'s config.json (a local folder, or the Hub through `hf_hub_download`, which honours HF_HUB_OFFLINE
-    and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config", "trust_remote_code"};
-    raises a one-line ValueError (or FileNotFoundError) before any weights or code are fetched."""
+    and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config", "remote_code",
+    "trust_remote_code"}; raises a one-line ValueError (or FileNotFoundError) before any weights or code are fetched.
+
+    The Space, the server, the CLI and fine-tuning share this rule; `key` names the setting in their messages
+    (e.g. "model_name_or_path") and `trust_hint` how to say yes (ending with how to pin a revision)."""
+    label = f"{key} {name!r}" if key else repr(name)
     if is_local_model(name):
         folder = Path(os.path.expanduser(name))
         if not folder.is_dir():
-            raise FileNotFoundError(f"{name!r}: no such folder (nor a Hub model id)")
+            raise FileNotFoundError(f"{label}: no such folder (nor a Hub model id)")
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{name!r} has no config.json: not a model folder")
+            hint = (" (it holds a LoRA adapter: start from its base model, named in adapter_config.json)"
+                    if (folder / ADAPTER_CONFIG).is_file() else "")
+            raise FileNotFoundError(f"{label} has no config.json: not a model folder{hint}")
         config = json.loads((folder / "config.json").read_text())
-        return {"name": str(folder), "local": True, "config": config, "trust_remote_code": "auto_map" in config}
+        remote = "auto_map" in config
+        return {"name": str(folder), "local": True, "config": config, "remote_code": remote, "trust_remote_code": remote}
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -105,24 +116,23 @@ def model_source(name: str, revision: str | None = None, trust_remote_code: bool
     try:
         path = hf_hub_download(name, "config.json", revision=revision)
     except HFValidationError as error:
-        raise ValueError(f"{name!r} is neither a local folder nor a valid Hub model id ({error})") from None
+        raise ValueError(f"{label} is neither a local folder nor a valid Hub model id ({error})") from None
     except LocalEntryNotFoundError:
-        raise ValueError(f"{name!r}{at} is not in the local Hub cache and the Hub cannot be reached "
+        raise ValueError(f"{label}{at} is not in the local Hub cache and the Hub cannot be reached "
                          "(offline: HF_HUB_OFFLINE=1?); check the id and revision, or download it first") from None
     except RevisionNotFoundError:
-        raise ValueError(f"{name!r} has no revision {revision!r} on the Hub") from None
+        raise ValueError(f"{label} has no revision {revision!r} on the Hub") from None
     except RepositoryNotFoundError:
-        raise ValueError(f"{name!r} is not a model repository on the Hub (or it is private or gated: log in with "
+        raise ValueError(f"{label} is not a model repository on the Hub (or it is private or gated: log in with "
                          "`hf auth login`)") from None
     except EntryNotFoundError:
-        raise ValueError(f"{name!r}{at} has no config.json: not a transformers model") from None
+        raise ValueError(f"{label}{at} has no config.json: not a transformers model") from None
     config = json.loads(Path(path).read_text())
     remote = "auto_map" in config
     if remote and not trust_remote_code:
-        raise ValueError(f"{name!r} runs its own code (config.json has auto_map): read it, then pass "
-                         "--trust-remote-code (TRUST_REMOTE_CODE=1 in the Space), with --revision pinned to a commit "
-                         "hash so the code cannot change under you")
-    return {"name": name, "local": False, "config": config, "trust_remote_code": remote}
+        raise ValueError(f"{label} runs its own code (config.json has auto_map): read it, then pass {trust_hint} "
+                         "pinned to a commit hash so the code cannot change under you")
+    return {"name": name, "local": False, "config": config, "remote_code": remote, "trust_remote_code": remote}
 
 
 def _config_dtype(config: dict) -> torch.dtype:
