@@ -38,13 +38,13 @@ class PublishError(Exception):
     """A push that must not start: the message says what to fix."""
 
 
-def _check_repo_id(repo_id: str) -> None:
+def _check_repo_id(repo_id: str, flag: str = "--repo-id") -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise PublishError(f"invalid --repo-id {repo_id!r}: {error}") from None
+        raise PublishError(f"invalid {flag} {repo_id!r}: {error}") from None
     if repo_id.count("/") != 1:
-        raise PublishError(f"invalid --repo-id {repo_id!r}: expected USER/NAME (or ORG/NAME)")
+        raise PublishError(f"invalid {flag} {repo_id!r}: expected USER/NAME (or ORG/NAME)")
 
 
 def _resolve_token(token: str | None) -> str:
@@ -69,13 +69,16 @@ def _hub() -> HfApi:
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
-def plan_model_upload(export_dir: Path, repo_id: str, source_repo: str | None = None) -> list[CommitOperationAdd]:
+def plan_model_upload(export_dir: Path, repo_id: str, source_repo: str | None = None,
+                      base_model: str | None = None) -> list[CommitOperationAdd]:
     """Check an export folder and list the operations of its one commit; raise PublishError on anything wrong.
 
     The card is the folder's README.md when there is one (a hand-edited card wins); otherwise it is built here
     from the folder and training_summary.json, naming `repo_id` in its usage snippet. A native folder (written by
     `victorian-gpt convert --to transformers`: a Qwen3 / Llama / GPT-2 config, no remote code) gets the native card,
     which names its class and the engines that serve it, and `source_repo` (the remote-code repo) when given.
+    `base_model` (a fine-tune's base as a Hub id, when training read it from a local folder) goes into a built card's
+    base_model; a folder's own README.md is not rewritten, so it is refused there.
     """
     if not export_dir.is_dir():
         raise PublishError(f"{export_dir} is not a folder")
@@ -98,13 +101,18 @@ def plan_model_upload(export_dir: Path, repo_id: str, source_repo: str | None = 
     if missing:
         kind = "native folder" if native else "export"
         raise PublishError(f"{export_dir} is not a complete {kind}: missing {', '.join(missing)}")
+    if base_model and (native or (export_dir / CARD_FILE).is_file()):
+        where = "a native folder's card names its source repo (--source-repo)" if native else (
+            f"{export_dir / CARD_FILE} exists and is uploaded as it is: write it with `victorian-gpt card "
+            f"{export_dir} --repo-id {repo_id} --base-model {base_model}`, or remove it")
+        raise PublishError(f"--base-model is for a card built at push time; {where}")
     operations = [CommitOperationAdd(path_in_repo=f.as_posix(), path_or_fileobj=str(export_dir / f)) for f in files]
     if not (export_dir / CARD_FILE).is_file():
         try:
             if native:
                 card = build_native_card(export_dir, repo_id=repo_id, source_repo=source_repo)
             else:
-                card = build_card(export_dir, repo_id=repo_id)
+                card = build_card(export_dir, repo_id=repo_id, base_model=base_model)
             check_card(card)
         except (ExportError, ValueError, KeyError) as error:
             raise PublishError(f"cannot build the model card: {error}") from None
@@ -142,14 +150,20 @@ def push_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source-repo", help="native folder only: the remote-code repo it was converted from, named in its card"
     )
+    parser.add_argument(
+        "--base-model", help="a fine-tune's base as a Hub id USER/NAME (when training read it from a local folder), "
+        "for the card's base_model: the Hub's model tree"
+    )
     args = parser.parse_args(argv)
 
     try:
         _check_repo_id(args.repo_id)
-        if args.source_repo:
-            _check_repo_id(args.source_repo)
+        for flag, repo in (("--source-repo", args.source_repo), ("--base-model", args.base_model)):
+            if repo:
+                _check_repo_id(repo, flag)
         token = _resolve_token(args.token)
-        operations = plan_model_upload(Path(args.export_dir), args.repo_id, source_repo=args.source_repo)
+        operations = plan_model_upload(Path(args.export_dir), args.repo_id, source_repo=args.source_repo,
+                                       base_model=args.base_model)
     except PublishError as error:
         print(f"victorian-gpt push: error: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from huggingface_hub import ModelCard
 
 from hub_card.card import check_card, main
@@ -71,3 +72,28 @@ def test_an_adapter_folder_gets_a_peft_card(tmp_path, tiny_export):
     assert card.data.datasets == ["me/dickens"]
     assert "PeftModel.from_pretrained(base, repo_id, revision=revision)" in card.text
     assert "141.1K parameters" in card.text  # the base's size, not the adapter's
+
+
+def test_push_builds_the_card_with_a_base_model_given_on_the_command_line(hub_export, capsys):
+    """`victorian-gpt push --base-model`: a fine-tune trained from a local folder names its Hub base in the card it
+    uploads; a folder whose README.md exists is uploaded as it is, so the flag is refused there, in one line."""
+    from hub_card.publish import PublishError, plan_model_upload, push_main
+
+    summary = json.loads((hub_export / "training_summary.json").read_text())
+    summary["finetuning"] = _finetuning("finetune", "full", base="/home/me/runs/victorian/model")
+    (hub_export / "training_summary.json").write_text(json.dumps(summary))
+    (hub_export / "README.md").unlink(missing_ok=True)
+    operations = plan_model_upload(hub_export, "me/dickens-gpt", base_model="victoria/victorian-gpt-small")
+    card_bytes = next(op.path_or_fileobj for op in operations if op.path_in_repo == "README.md")
+    card = ModelCard(card_bytes.decode())
+    assert (card.data.base_model, card.data.base_model_relation) == ("victoria/victorian-gpt-small", "finetune")
+    assert plan_model_upload(hub_export, "me/dickens-gpt") and not (hub_export / "README.md").exists()
+
+    assert main([str(hub_export)]) == 0  # a README.md of its own now
+    with pytest.raises(PublishError, match="--base-model victoria/victorian-gpt-small"):
+        plan_model_upload(hub_export, "me/dickens-gpt", base_model="victoria/victorian-gpt-small")
+    capsys.readouterr()
+    assert push_main([str(hub_export), "--repo-id", "me/dickens-gpt", "--base-model", "not a repo id",
+                      "--token", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid --base-model 'not a repo id'" in err
