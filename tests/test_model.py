@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from conftest import REPO_ROOT
 from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM, VictorianGPTModel
 from victorian_gpt.configuration_victorian_gpt import MODERN
+from victorian_gpt.modeling_victorian_gpt import CACHE_FIELD
 from victorian_gpt.modeling_victorian_gpt import GENERATION_DEFAULTS
 
 torch.set_num_threads(2)
@@ -121,6 +122,39 @@ def test_cached_and_uncached_decoding_agree(variant):
         step = model(seq[None, t : t + 1], cache=cache).logits[0, -1]
         full = model(seq[None, : t + 1], use_cache=False).logits[0, -1]
         torch.testing.assert_close(step, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_generate_grows_its_kv_cache_in_place_with_identical_logits(variant):
+    """generate()'s DynamicCache gets GrowingKVLayers (a decode step writes in place, no torch.cat of the whole cache);
+    a cache of another class is left as it is. Both give the same logits bit for bit, in a left-padded batch, and a
+    crop (what assisted decoding does) followed by new tokens matches recomputation."""
+    from victorian_gpt.modeling_victorian_gpt import GrowingKVLayer
+
+    class PlainCache(DynamicCache):
+        pass
+
+    model = make_model(variant=variant, initializer_range=0.3)
+    ids, mask = random_ids(2, 9), torch.ones(2, 9, dtype=torch.long)
+    mask[1, :3] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=70, min_new_tokens=70, do_sample=False, repetition_penalty=1.0,
+                  output_logits=True, return_dict_in_generate=True)
+    grown = model.generate(ids, **kwargs)
+    plain = model.generate(ids, **kwargs, **{CACHE_FIELD: PlainCache(config=model.config)})
+    assert torch.equal(grown.sequences, plain.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(grown.logits, plain.logits))
+    layers = getattr(grown, CACHE_FIELD).layers
+    assert all(type(layer) is GrowingKVLayer for layer in layers)
+    assert layers[0]._room[0].shape[-2] > layers[0].keys.shape[-2] == 9 + 70 - 1  # room left: no copy per token
+    assert all(type(layer) is not GrowingKVLayer for layer in getattr(plain, CACHE_FIELD).layers)
+
+    seq = grown.sequences[:1, :40]
+    cache = DynamicCache(config=model.config)
+    model(seq[:, :30], cache=cache)
+    model(seq[:, 30:31], cache=cache)  # room allocated
+    cache.crop(-11)  # back to 20 tokens
+    extended = model(seq[:, 20:40], cache=cache).logits
+    torch.testing.assert_close(extended, model(seq, use_cache=False).logits[:, 20:40], rtol=0, atol=1e-5)
 
 
 @variants
@@ -417,6 +451,7 @@ def test_continuous_batching_generates_the_greedy_tokens_of_generate(variant, tm
     """transformers' continuous batching (`generate_batch`: paged KV cache, requests packed into one sequence) runs
     the model unchanged through the attention interface."""
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     model = make_model(variant=variant, initializer_range=0.3)  # large weights: varied, non-degenerate tokens
     model.save_pretrained(tmp_path)
@@ -424,7 +459,11 @@ def test_continuous_batching_generates_the_greedy_tokens_of_generate(variant, tm
     prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (5, 17, 30)]
     config = GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.0, eos_token_id=None,
                               pad_token_id=1)
-    results = paged.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    # a paged cache sized for the test (transformers sizes it from free memory, and eager attention then builds a
+    # mask of max_batch_tokens x cache length at every step: seconds per step for nothing)
+    small = ContinuousBatchingConfig(num_blocks=4, max_batch_tokens=64)
+    results = paged.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small,
+                                   progress_bar=False, warmup=False)
     by_prompt = {tuple(r.prompt_ids): r.generated_tokens for r in results.values()}
     for prompt in prompts:
         alone = model.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt):].tolist()

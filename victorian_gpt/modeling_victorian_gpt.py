@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -81,6 +81,48 @@ def _update_takes_kwargs(cache_class) -> bool:
     return known
 
 
+class GrowingKVLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with room to grow: a decode step writes its token
+    in place instead of copying the layer's whole cache (`torch.cat`) into a new allocation. Anything that replaces
+    `keys`/`values` (beam reordering, batch selection) gets fresh buffers at the next update; a crop stays a view, and
+    the next token is written where the crop ended. (The server's engine has its own, which any model may use.)"""
+
+    _room = None  # (keys buffer, values buffer), (B, H, capacity, D)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys = self.keys
+        if not self.is_initialized or keys is None or keys.numel() == 0:
+            return super().update(key_states, value_states, *args, **kwargs)
+        length, new = keys.shape[-2], key_states.shape[-2]
+        room = self._room
+        if (room is None or room[0].data_ptr() != keys.data_ptr() or room[0].stride() != keys.stride()
+                or room[0].shape[:2] != keys.shape[:2] or room[0].shape[-2] < length + new):
+            capacity = length + new + max(64, length // 2)
+            room = tuple(torch.empty(*t.shape[:2], capacity, t.shape[-1], dtype=t.dtype, device=t.device)
+                         for t in (keys, self.values))
+            room[0][:, :, :length] = keys
+            room[1][:, :, :length] = self.values
+            self._room = room
+        room[0][:, :, length : length + new] = key_states
+        room[1][:, :, length : length + new] = value_states
+        self.keys, self.values = room[0][:, :, : length + new], room[1][:, :, : length + new]
+        return self.keys, self.values
+
+
+def _grow_in_place(cache):
+    """Give a plain `DynamicCache` (what `generate()` makes) `GrowingKVLayer`s before it holds anything."""
+    if type(cache) is not DynamicCache or getattr(cache, "offloading", False):
+        return
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # releases before 4.56 keep lists of tensors
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and not layer.is_initialized:
+            layers[i] = GrowingKVLayer()
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # a cache that adds layers as it goes
+        cache.layer_class_to_replicate = GrowingKVLayer
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Attention written out: softmax(q k^T * scaling + mask) v. Returns (B, T, H, D) output and the weights."""
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -128,11 +170,12 @@ def rotary_embeddings(position_ids, head_dim: int, theta: float, dtype):
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate (B, H, T, D) queries or keys by their positions."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def apply_rotary_qk(qk, cos, sin):
+    """Rotate queries and keys by their positions, together: `qk` is (B, T, 2, H, D), cos and sin (B, T, D). One set of
+    operations for both (at one token per decode step, their number is the cost, not their arithmetic)."""
+    cos, sin = cos[:, :, None, None], sin[:, :, None, None]
+    x1, x2 = qk.chunk(2, dim=-1)
+    return qk * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class VictorianGPTAttention(nn.Module):
@@ -171,11 +214,16 @@ class VictorianGPTAttention(nn.Module):
         bsz, seq_len, _ = hidden_states.shape
         # (B, T, 3C) -> 3 x (B, H, T, D) without copies until attention needs them
         qkv = self.c_attn(hidden_states).view(bsz, seq_len, 3, self.n_head, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.q_norm is not None:
-            query, key = self.q_norm(query), self.k_norm(key)
-        if position_embeddings is not None:
-            query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
+        if self.q_norm is None and position_embeddings is None:
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # queries and keys normalised and rotated together, (B, T, 2, H, D)
+            qk, value = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)
+            if self.q_norm is not None:
+                weight = torch.stack((self.q_norm.weight, self.k_norm.weight))[:, None]  # (2, 1, D)
+                qk = weight * F.rms_norm(qk.float(), (self.head_dim,), eps=self.q_norm.eps).to(qk.dtype)
+            if position_embeddings is not None:
+                qk = apply_rotary_qk(qk, *position_embeddings)
+            query, key = qk.permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             if _update_takes_kwargs(type(cache)):
                 key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
@@ -324,6 +372,8 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
             raise TypeError("`cache` must be a transformers `Cache` (e.g. DynamicCache), not a tuple")
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        if cache is not None and not self.training:
+            _grow_in_place(cache)
         # (a cache passed with use_cache=False is still used: continuous batching hands its paged cache in that way)
 
         # Where this call's tokens start: a cache position given by the caller (generate() on transformers < 5.9,
@@ -349,7 +399,14 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
                 positions = torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
         else:
             positions = position_ids
-        mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids, cache_position)
+        if seq_len == 1 and self.config._attn_implementation in (None, "eager", "sdpa") and (
+            attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all()))
+        ):
+            # A decode step with no padding: one query that sees every cached key. transformers' builder would say
+            # the same (no mask for SDPA, an all-true one for eager) after a tenth of a millisecond of Python.
+            mask = None
+        else:
+            mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids, cache_position)
 
         if self.rope:
             hidden_states = inputs_embeds
