@@ -8,6 +8,8 @@ import time
 
 import pytest
 import torch
+from test_remote_code import modern_tiny_export  # noqa: F401,F811 (a fixture, also named as a test's parameter)
+from transformers.pytorch_utils import Conv1D
 
 from spaces_app import textgen
 
@@ -36,6 +38,33 @@ def test_load_model_auto_follows_this_machine_and_float32_is_exact(tiny_export):
     assert model.serving_dtype.startswith("bfloat16 (auto: the CPU computes bf16" if native else "float32 (auto:")
     model, _ = textgen.load_model(str(tiny_export), dtype="float32")
     assert model.dtype == torch.float32 and model.serving_dtype == "float32 (asked)"
+
+
+@pytest.mark.skipif(not textgen.packing_available(), reason="no oneDNN bf16 kernels on this CPU")
+@pytest.mark.parametrize("layout", ["conv1d", "linear"])
+def test_bf16_on_the_cpu_packs_its_linear_layers_for_onednn_with_the_same_tokens(layout, tiny_export,
+                                                                                   modern_tiny_export):
+    """`load_model(dtype="bfloat16")` on the CPU replaces every linear layer (GPT-2's Conv1D or nn.Linear, the head
+    included) with a oneDNN-packed `PackedLinear`: the same greedy tokens and logits as the plain bf16 model, one
+    stream and a left-padded batch; fp32 and int8 models are left alone."""
+    from transformers import AutoModelForCausalLM
+
+    folder = str(tiny_export if layout == "conv1d" else modern_tiny_export)
+    packed, tokenizer = textgen.load_model(folder, dtype="bfloat16")
+    assert packed.packed_linear_layers > 0 and not any(type(m) in (torch.nn.Linear, Conv1D) for m in packed.modules())
+    assert isinstance(packed.lm_head, textgen.PackedLinear) and packed.serving_dtype.endswith("packed for oneDNN)")
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    tokenizer.padding_side = "left"
+    for prompts in (PROMPTS[:1], PROMPTS):
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+        kwargs = dict(max_new_tokens=12, do_sample=False, repetition_penalty=1.0, output_logits=True,
+                      return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        a, b = packed.generate(**inputs, **kwargs), plain.generate(**inputs, **kwargs)
+        assert torch.equal(a.sequences, b.sequences)
+        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+    for kwargs in (dict(dtype="float32"), dict(dtype="float32", quantize="int8")):
+        model, _ = textgen.load_model(folder, **kwargs)
+        assert not any(isinstance(m, textgen.PackedLinear) for m in model.modules())
 
 
 def put_in_hub_cache(folder, cache, repo_id: str, commit: str = "a" * 40):

@@ -49,12 +49,14 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     threads.py     one request, one generate() thread: Generation, generate_text
     engine.py      the batching engine: Engine, BatchedGeneration
     kv_cache.py    the engine's KV cache layers
+    packed.py      bf16 linear layers packed for oneDNN (the CPU decode path): PackedLinear, pack_bf16
     prefix_cache.py  the KV of recently prefilled prompt openings (PrefixCache)
 """
 
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
 from .int8 import Int8Linear, Int8Weight, quantize_int8
+from .packed import PackedLinear, pack_bf16, packing_available
 from .loading import DTYPE_CHOICES, QUANTIZE_CHOICES, load_model, model_source, native_bf16, resolve_dtype
 from .params import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -83,8 +85,8 @@ from .threads import Generation, generate_text
 __all__ = [
     "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
     "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Int8Weight", "Limits",
-    "MAX_STOP_SEQUENCES", "Overloaded", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
+    "MAX_STOP_SEQUENCES", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
     "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
     "context_length", "control_parameters", "generate_text", "load_model", "model_source", "native_bf16",
-    "prepare_request", "quantize_int8", "resolve_dtype", "sampling_defaults", "sampling_warpers",
+    "pack_bf16", "packing_available", "prepare_request", "quantize_int8", "resolve_dtype", "sampling_defaults", "sampling_warpers",
 ]

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .int8 import quantize_int8
+from .packed import pack_bf16
 
 QUANTIZE_CHOICES = ("int8",)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -150,6 +151,8 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     model's own dtype. The choice and its reason are kept as `model.serving_dtype` (shown by /info and the Space).
     `quantize="int8"` replaces the model's linear layers (GPT-2 `Conv1D` or `nn.Linear`, the output head included)
     with `Int8Linear` after loading: the CPU path, about a third of fp32's bytes per token.
+    A bf16 model on the CPU gets its linear layers packed for oneDNN (`PackedLinear`: the same results at decode,
+    about 1.7x faster matmuls on an AVX-512 BF16 CPU).
     `trust_remote_code`: see the module's docstring; a native model never runs remote code.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,5 +169,7 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
+    elif model.dtype == torch.bfloat16 and torch.device(device).type == "cpu" and pack_bf16(model).packed_linear_layers:
+        why += "; linear layers packed for oneDNN"
     model.serving_dtype = f"{str(model.dtype).removeprefix('torch.')} ({why})"
     return model, tokenizer
