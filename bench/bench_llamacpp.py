@@ -43,6 +43,7 @@ EDGE_TEXTS = [
     "I've, you'll, he'd, we're, it's, 'tis, o'er, ne'er-do-well",
 ]
 WHICH = ("ours-fp32", "ours-bf16", "ours-int8", "llamacpp-f32", "llamacpp-f16", "llamacpp-q8_0")
+EXTRA = ("ours-bf16-plain",)  # transformers' own bf16 (no packing), on request
 
 
 def emit(record: dict) -> dict:
@@ -197,9 +198,16 @@ make_124m_export = make_export
 
 
 def load_ours(export: Path, kind: str):
+    """fp32, bf16 and int8 as the serving front ends load them (`spaces_app.textgen.load_model`: bf16 with linear
+    layers packed for oneDNN on the CPU); bf16-plain as transformers alone loads it (`from_pretrained(dtype=...)`)."""
     sys.path.insert(0, str(REPO))
     from spaces_app.textgen import load_model
 
+    if kind == "bf16-plain":
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16, trust_remote_code=True).eval()
     dtype = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}[kind]
     model, _ = load_model(str(export), device="cpu", dtype=dtype, quantize="int8" if kind == "int8" else None,
                           trust_remote_code=True)
@@ -294,11 +302,17 @@ def table(records: list[dict]) -> str:
     lines = []
     speed = [r for r in records if r["bench"] == "llamacpp_speed"]
     if speed:
-        lines += ["| preset | engine | precision | ms/token (median) | min |", "|---|---|---|---|---|"]
+        # ours against llama.cpp's counterpart: the same weights at the nearest precision (bf16 against f16)
+        counterpart = {"fp32": "f32", "bf16": "f16", "bf16-plain": "f16", "int8": "q8_0"}
+        median = {(r["preset"], r["which"]): r["ms_per_token_median"] for r in speed}
+        lines += ["| preset | engine | precision | ms/token (median) | min | ours / llama.cpp |", "|---|---|---|---|---|---|"]
         for r in speed:
             side, kind = r["which"].split("-", 1)
             engine = "ours (generate())" if side == "ours" else "llama.cpp"
-            lines.append(f"| {r['preset']} | {engine} | {kind} | {r['ms_per_token_median']} | {r['ms_per_token_min']} |")
+            theirs = median.get((r["preset"], f"llamacpp-{counterpart.get(kind)}")) if side == "ours" else None
+            ratio = f"{r['ms_per_token_median'] / theirs:.2f}x ({counterpart[kind]})" if theirs else ""
+            lines.append(f"| {r['preset']} | {engine} | {kind} | {r['ms_per_token_median']} | {r['ms_per_token_min']} "
+                         f"| {ratio} |")
     for kind in ("llamacpp_tokenize", "llamacpp_greedy"):
         rows = [r for r in records if r["bench"] == kind]
         if rows:
@@ -310,7 +324,7 @@ def table(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="tokenize,greedy,speed")
-    parser.add_argument("--which", default=",".join(WHICH), help=f"speed contenders, from {','.join(WHICH)}")
+    parser.add_argument("--which", default=",".join(WHICH), help=f"speed contenders, from {','.join(WHICH + EXTRA)}")
     parser.add_argument("--presets", default="modern-124m,gpt2-124m",
                         help="shapes of the speed part (random weights), comma-separated")
     parser.add_argument("--export", default=str(REPO / "runs" / "pg19-sample-cpu" / "model"))
@@ -326,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     which = args.which.split(",")
-    if bad := [w for w in which if w not in WHICH]:
-        parser.error(f"--which: unknown {bad}; choose from {WHICH}")
+    if bad := [w for w in which if w not in WHICH + EXTRA]:
+        parser.error(f"--which: unknown {bad}; choose from {WHICH + EXTRA}")
     export = Path(args.export)
     if parts & {"tokenize", "greedy"} and not (export / "config.json").is_file():
         parser.error(f"--export {export} is not an export folder")
