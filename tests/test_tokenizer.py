@@ -79,11 +79,12 @@ def test_cli_trains_from_a_local_pg19_folder(tmp_path, pg19_tiny):
     assert len(tok) == 400 and tok.decode(tok(SAMPLES[3])["input_ids"]) == SAMPLES[3]
 
 
-def test_cli_reports_a_missing_dataset(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "victorian_gpt.cli", "tokenizer", "--dataset", str(tmp_path / "nope"), "--output",
-         str(tmp_path / "tok")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode != 0 and "does not exist" in result.stderr
+def test_cli_reports_a_missing_dataset(tmp_path, capsys):
+    from victorian_gpt.cli import main
+
+    try:  # in this process: the same code path as the console script, without an interpreter start
+        code = main(["tokenizer", "--dataset", str(tmp_path / "nope"), "--output", str(tmp_path / "tok")])
+    except SystemExit as exit_info:  # argparse's way of failing
+        code = exit_info.code
+    assert code not in (0, None) and "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "tok").exists()

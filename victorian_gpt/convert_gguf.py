@@ -54,43 +54,50 @@ def _permute_for_llama(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+# (whole-model names, per-layer part names) -> llama.cpp's; per-layer tensors are `<prefix>.{i}.<part>.{weight|bias}`.
+GPT2_NAMES = (
+    {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
+     "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+     "lm_head.weight": "output.weight"},
+    {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+     "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"},
+)
+LLAMA_NAMES = (
+    {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+     "lm_head.weight": "output.weight"},
+    {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+     "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+     "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"},
+)
+
+
 def gguf_tensors(export: Export, native: str) -> dict[str, torch.Tensor]:
     """The weights under llama.cpp's names, in PyTorch order (the writer reverses dimensions into ggml's)."""
     config = export.config
-    tensors = native_tensors(export, native)
-    out: dict[str, torch.Tensor] = {}
     if native == "GPT2LMHeadModel":
-        names = {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
-                 "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
-                 "lm_head.weight": "output.weight"}
-        parts = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
-                 "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
-        for name, tensor in tensors.items():
-            if name in names:
-                out[names[name]] = tensor
-                continue
-            _, _, layer, *rest = name.split(".")  # transformer.h.{i}.{part}.{weight|bias}
-            part, kind = ".".join(rest[:-1]), rest[-1]
-            if kind == "weight" and part not in ("ln_1", "ln_2"):
-                tensor = tensor.t().contiguous()  # Conv1D (in, out) -> (out, in)
-            out[f"blk.{layer}.{parts[part]}.{kind}"] = tensor
-        return out
+        (names, parts) = GPT2_NAMES
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-             "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for name, tensor in tensors.items():
+        def convert(part, kind, tensor):
+            if kind == "weight" and part not in ("ln_1", "ln_2"):
+                return tensor.t().contiguous()  # Conv1D (in, out) -> (out, in)
+            return tensor
+    else:
+        (names, parts) = LLAMA_NAMES
+
+        def convert(part, kind, tensor):
+            if native == "LlamaForCausalLM" and part in ("self_attn.q_proj", "self_attn.k_proj"):
+                return _permute_for_llama(tensor, config.n_head).contiguous()
+            return tensor
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in native_tensors(export, native).items():
         if name in names:
             out[names[name]] = tensor
             continue
-        _, _, layer, *rest = name.split(".")  # model.layers.{i}.{part}.{weight|bias}
+        _, _, layer, *rest = name.split(".")  # transformer.h.{i}.… (GPT-2) or model.layers.{i}.…
         part, kind = ".".join(rest[:-1]), rest[-1]
-        if native == "LlamaForCausalLM" and part in ("self_attn.q_proj", "self_attn.k_proj"):
-            tensor = _permute_for_llama(tensor, config.n_head).contiguous()
-        out[f"blk.{layer}.{parts[part]}.{kind}"] = tensor
+        out[f"blk.{layer}.{parts[part]}.{kind}"] = convert(part, kind, tensor)
     return out
 
 
