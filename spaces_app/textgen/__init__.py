@@ -49,6 +49,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     threads.py     one request, one generate() thread: Generation, generate_text
     engine.py      the batching engine: Engine, BatchedGeneration
     kv_cache.py    the engine's KV cache layers
+    layers.py      swapping a model's linear layers for those serving variants
     packed.py      bf16 linear layers packed for oneDNN (the CPU decode path): PackedLinear, pack_bf16
     prefix_cache.py  the KV of recently prefilled prompt openings (PrefixCache)
 """

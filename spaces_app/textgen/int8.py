@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import linear_weight, replace_linear_layers
+
 
 class Int8Weight(torch.Tensor):
     """How `Int8Linear.weight` shows its int8 matrix: a tensor subclass, as torchao's quantized weights are, so code
@@ -35,11 +37,7 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.Module) -> "Int8Linear":
-        from transformers.pytorch_utils import Conv1D
-
-        if isinstance(module, Conv1D):  # GPT-2's layout: weight (in, out)
-            return cls(module.weight.t(), module.bias)
-        return cls(module.weight, module.bias)
+        return cls(*linear_weight(module))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -69,15 +67,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
     Embeddings stay in floating point; a head tied to the input embedding gets its own int8 copy. Returns `model`.
     """
-    from transformers.pytorch_utils import Conv1D
-
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) in (nn.Linear, Conv1D):
-                setattr(parent, name, Int8Linear.from_module(child))
-                replaced += 1
-    if not replaced:
+    if not replace_linear_layers(model, Int8Linear.from_module):
         raise ValueError("quantize int8: the model has no nn.Linear or Conv1D layer to quantize")
     model.quantization = "int8"
     return model

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import linear_weight, replace_linear_layers
+
 
 def packing_available() -> bool:
     """oneDNN with bf16 kernels on this CPU, and the two operators this module calls."""
@@ -35,11 +37,7 @@ class PackedLinear(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.Module) -> "PackedLinear":
-        from transformers.pytorch_utils import Conv1D
-
-        if isinstance(module, Conv1D):  # GPT-2's layout: weight (in, out)
-            return cls(module.weight.t(), module.bias)
-        return cls(module.weight, module.bias)
+        return cls(*linear_weight(module))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -58,15 +56,9 @@ def pack_bf16(model: nn.Module) -> nn.Module:
     """Replace every bf16 `nn.Linear` and GPT-2 `Conv1D` of a CPU model (the output head too: a head tied to the
     input embedding gets its own packed copy) with `PackedLinear`, in place, when `packing_available()`. Returns
     `model`, with `model.packed_linear_layers` set to how many were replaced (0 where packing is unavailable)."""
-    from transformers.pytorch_utils import Conv1D
-
     replaced = 0
     if packing_available():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if (type(child) in (nn.Linear, Conv1D) and child.weight.dtype == torch.bfloat16
-                        and child.weight.device.type == "cpu"):
-                    setattr(parent, name, PackedLinear.from_module(child))
-                    replaced += 1
+        replaced = replace_linear_layers(model, PackedLinear.from_module, keep=lambda layer: (
+            layer.weight.dtype == torch.bfloat16 and layer.weight.device.type == "cpu"))
     model.packed_linear_layers = replaced
     return model
