@@ -87,8 +87,8 @@ ADAPTER_CONFIG = "adapter_config.json"  # what a peft (LoRA) adapter folder hold
 def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False, *, key: str = "",
                  trust_hint: str = "--trust-remote-code (TRUST_REMOTE_CODE=1 in the Space), with --revision") -> dict:
     """Read `name`'s config.json (a local folder, or the Hub through `hf_hub_download`, which honours HF_HUB_OFFLINE
-    and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config", "remote_code",
-    "trust_remote_code"}; raises a one-line ValueError (or FileNotFoundError) before any weights or code are fetched.
+    and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config", "trust_remote_code"};
+    raises a one-line ValueError (or FileNotFoundError) before any weights or code are fetched.
 
     The Space, the server, the CLI and fine-tuning share this rule; `key` names the setting in their messages
     (e.g. "model_name_or_path") and `trust_hint` how to say yes (ending with how to pin a revision)."""
@@ -102,8 +102,7 @@ def model_source(name: str, revision: str | None = None, trust_remote_code: bool
                     if (folder / ADAPTER_CONFIG).is_file() else "")
             raise FileNotFoundError(f"{label} has no config.json: not a model folder{hint}")
         config = json.loads((folder / "config.json").read_text())
-        remote = "auto_map" in config
-        return {"name": str(folder), "local": True, "config": config, "remote_code": remote, "trust_remote_code": remote}
+        return {"name": str(folder), "local": True, "config": config, "trust_remote_code": "auto_map" in config}
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -133,7 +132,7 @@ def model_source(name: str, revision: str | None = None, trust_remote_code: bool
     if remote and not trust_remote_code:
         raise ValueError(f"{label} runs its own code (config.json has auto_map): read it, then pass {trust_hint} "
                          "pinned to a commit hash so the code cannot change under you")
-    return {"name": name, "local": False, "config": config, "remote_code": remote, "trust_remote_code": remote}
+    return {"name": name, "local": False, "config": config, "trust_remote_code": remote}
 
 
 def _config_dtype(config: dict) -> torch.dtype:
