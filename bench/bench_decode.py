@@ -117,7 +117,9 @@ def greedy_tokens(model, prompt: list[int], n: int) -> list[int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="modern-124m,gpt2-124m")
-    parser.add_argument("--which", default="fp32,bf16,int8", help="also bf16-plain: transformers' own bf16")
+    parser.add_argument("--which", default="fp32,bf16,int8",
+                        help="also bf16-plain (transformers' own bf16) and KIND-compile (load_model(torch_compile=True): "
+                             "generate() ms/token and how many greedy tokens equal the eager path's)")
     parser.add_argument("--steps", type=int, default=64, help="new tokens per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=16)
@@ -145,20 +147,32 @@ def main(argv=None) -> int:
             for kind in args.which.split(","):
                 model = load_ours(export, kind)
                 old = load_ours(baseline, kind) if baseline else None
-                ours_ms_per_token(model, prompt, 8)  # warm-up
+                ours_ms_per_token(model, prompt, 8)  # warm-up (and compilation: a second length shows it is once)
+                if kind.endswith("-compile"):
+                    ours_ms_per_token(model, prompt, 16)
                 times, old_times = [], []
                 for _ in range(args.repeats):  # alternating, so a busy spell hits both alike
                     times.append(ours_ms_per_token(model, prompt, args.steps))
                     if old is not None:
                         old_times.append(ours_ms_per_token(old, prompt, args.steps))
                 generate_ms = statistics.median(times)
-                step_ms = statistics.median(bare_steps(model, prompt, args.steps)[0] for _ in range(args.repeats))
-                _, prof = bare_steps(model, prompt, args.profile_steps)
-                groups, ops = breakdown(prof, args.profile_steps, step_ms)
                 record = {"bench": "decode", "preset": preset, "which": kind, "threads": args.threads,
-                          "generate_ms_per_token": round(generate_ms, 2), "forward_ms_per_step": round(step_ms, 2),
-                          "generate_overhead_ms": round(generate_ms - step_ms, 2), "profile_ms_per_step": groups,
-                          "operators_per_step": sum(count for _, _, count in ops)}
+                          "generate_ms_per_token": round(generate_ms, 2)}
+                if kind.endswith("-compile"):  # the bare eager steps below are not its path: greedy agreement instead
+                    eager = load_ours(export, kind.removesuffix("-compile"))
+                    ours, theirs = greedy_tokens(model, prompt, 64), greedy_tokens(eager, prompt, 64)
+                    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
+                    record.update(profile_ms_per_step={}, operators_per_step=None,
+                                  greedy_tokens_equal_to_eager=f"{same}/{len(ours)}")
+                    ops = []
+                    del eager
+                else:
+                    step_ms = statistics.median(bare_steps(model, prompt, args.steps)[0] for _ in range(args.repeats))
+                    _, prof = bare_steps(model, prompt, args.profile_steps)
+                    groups, ops = breakdown(prof, args.profile_steps, step_ms)
+                    record.update(forward_ms_per_step=round(step_ms, 2),
+                                  generate_overhead_ms=round(generate_ms - step_ms, 2), profile_ms_per_step=groups,
+                                  operators_per_step=sum(count for _, _, count in ops))
                 if old is not None:
                     old_ms = statistics.median(old_times)
                     record.update(baseline=args.baseline, baseline_generate_ms_per_token=round(old_ms, 2),
@@ -179,7 +193,8 @@ def main(argv=None) -> int:
         cells = [r["preset"], r["which"], r["generate_ms_per_token"]]
         if args.baseline:
             cells += [r["baseline_generate_ms_per_token"], f"{r['speedup']}x", "yes" if r["same_greedy_tokens"] else "NO"]
-        cells += [r["forward_ms_per_step"], r["operators_per_step"]] + [r["profile_ms_per_step"].get(n, 0) for n in names]
+        cells += [r.get("forward_ms_per_step", "-"), r["operators_per_step"] or r["greedy_tokens_equal_to_eager"] + " greedy = eager"]
+        cells += [r["profile_ms_per_step"].get(n, "-") for n in names]
         print("| " + " | ".join(map(str, cells)) + " |")
     return 0
 

@@ -43,7 +43,8 @@ EDGE_TEXTS = [
     "I've, you'll, he'd, we're, it's, 'tis, o'er, ne'er-do-well",
 ]
 WHICH = ("ours-fp32", "ours-bf16", "ours-int8", "llamacpp-f32", "llamacpp-f16", "llamacpp-q8_0")
-EXTRA = ("ours-bf16-plain",)  # transformers' own bf16 (no packing), on request
+EXTRA = ("ours-bf16-plain",  # transformers' own bf16 (no packing), on request
+         "ours-fp32-compile", "ours-bf16-compile", "ours-int8-compile")  # load_model(torch_compile=True)
 
 
 def emit(record: dict) -> dict:
@@ -199,7 +200,8 @@ make_124m_export = make_export
 
 def load_ours(export: Path, kind: str):
     """fp32, bf16 and int8 as the serving front ends load them (`spaces_app.textgen.load_model`: bf16 with linear
-    layers packed for oneDNN on the CPU); bf16-plain as transformers alone loads it (`from_pretrained(dtype=...)`)."""
+    layers packed for oneDNN on the CPU); bf16-plain as transformers alone loads it (`from_pretrained(dtype=...)`);
+    `<kind>-compile`: with `load_model(torch_compile=True)` (static KV cache, compiled decode step)."""
     sys.path.insert(0, str(REPO))
     from spaces_app.textgen import load_model
 
@@ -208,9 +210,10 @@ def load_ours(export: Path, kind: str):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16, trust_remote_code=True).eval()
+    kind, compiled = kind.removesuffix("-compile"), kind.endswith("-compile")
     dtype = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}[kind]
     model, _ = load_model(str(export), device="cpu", dtype=dtype, quantize="int8" if kind == "int8" else None,
-                          trust_remote_code=True)
+                          trust_remote_code=True, torch_compile=compiled)
     return model
 
 
@@ -283,8 +286,10 @@ def part_speed(llama: LlamaCpp, which: list[str], presets: list[str], work: Path
                 runners[name] = lambda prompt, n, p=path: llamacpp_ms_per_token(llama, p, prompt, n)
         generator = torch.Generator().manual_seed(0)
         prompt = torch.randint(2, 4000, (prompt_tokens,), generator=generator).tolist()
-        for run in runners.values():  # warm-up: first-call allocations, thread pools
+        for name, run in runners.items():  # warm-up: first-call allocations, thread pools, compilation
             run(prompt, 8)
+            if name.endswith("-compile"):  # and a second length: one compilation serves every length
+                run(prompt, 16)
         times = {name: [] for name in runners}
         for _ in range(repeats):  # alternating, so a busy spell hits every contender alike
             for name, run in runners.items():
@@ -304,6 +309,7 @@ def table(records: list[dict]) -> str:
     if speed:
         # ours against llama.cpp's counterpart: the same weights at the nearest precision (bf16 against f16)
         counterpart = {"fp32": "f32", "bf16": "f16", "bf16-plain": "f16", "int8": "q8_0"}
+        counterpart.update({f"{kind}-compile": theirs for kind, theirs in list(counterpart.items())})
         median = {(r["preset"], r["which"]): r["ms_per_token_median"] for r in speed}
         lines += ["| preset | engine | precision | ms/token (median) | min | ours / llama.cpp |", "|---|---|---|---|---|---|"]
         for r in speed:

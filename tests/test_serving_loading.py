@@ -67,6 +67,32 @@ def test_bf16_on_the_cpu_packs_its_linear_layers_for_onednn_with_the_same_tokens
         assert not any(isinstance(m, textgen.PackedLinear) for m in model.modules())
 
 
+def test_torch_compile_decodes_through_a_static_cache_with_the_eager_tokens(modern_tiny_export, capsys):
+    """`load_model(torch_compile=True)`: int8 (the CPU path, weights shown on the meta device so torch.compile traces
+    them) decodes through transformers' static KV cache and the compiled forward (`_compiled_call`), one stream and a
+    left-padded batch, with the eager model's greedy tokens and logits within the compiled kernels' rounding; one
+    compilation serves every length. `victorian-gpt generate --torch-compile --prompts-file` is refused in one line."""
+    from victorian_gpt.generation_cli import main as generate_main
+
+    folder = str(modern_tiny_export)
+    compiled, tokenizer = textgen.load_model(folder, dtype="float32", quantize="int8", torch_compile=True)
+    eager, _ = textgen.load_model(folder, dtype="float32", quantize="int8")
+    assert compiled.compiled_decode and compiled.generation_config.cache_implementation == "static"
+    assert compiled.serving_dtype.endswith("generate() decodes through torch.compile)")
+    assert compiled.lm_head.weight.device.type == "meta"
+    tokenizer.padding_side = "left"
+    for prompts, new in ((PROMPTS[:2], 12), (PROMPTS[:2], 20)):
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+        kwargs = dict(max_new_tokens=new, do_sample=False, repetition_penalty=1.0, output_logits=True,
+                      return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        a, b = compiled.generate(**inputs, **kwargs), eager.generate(**inputs, **kwargs)
+        assert torch.equal(a.sequences, b.sequences)
+        assert max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits)) < 1e-3
+    assert hasattr(compiled, "_compiled_call")  # generate() went through transformers' compiled forward
+    assert generate_main([folder, "--prompts-file", "x.txt", "--torch-compile"]) == 2
+    assert "--prompts-file runs the batching engine" in capsys.readouterr().err
+
+
 def put_in_hub_cache(folder, cache, repo_id: str, commit: str = "a" * 40):
     """`folder` as the Hub cache holds a downloaded snapshot of `repo_id` (what hf_hub_download reads offline)."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))

@@ -44,6 +44,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     errors.py      ValidationError, GenerationError, Overloaded
     loading.py     load_model: the dtype for the hardware (--dtype auto), the remote-code rule
     int8.py        Int8Linear, quantize_int8
+    compiled.py    generate()'s decode step through a static KV cache and torch.compile: compile_decode
     streaming.py   sampling and streaming: Token, TokenChooser, the stopping criteria, TokenStreamer
     request.py     the consumer's side every request shares
     threads.py     one request, one generate() thread: Generation, generate_text
@@ -56,7 +57,8 @@ through the Auto classes, as a downloaded Space would). One concern per file:
 
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
-from .int8 import Int8Linear, Int8Weight, quantize_int8
+from .compiled import compile_decode
+from .int8 import Int8Linear, quantize_int8
 from .packed import PackedLinear, pack_bf16, packing_available
 from .loading import DTYPE_CHOICES, QUANTIZE_CHOICES, load_model, model_source, native_bf16, resolve_dtype
 from .params import (
@@ -84,8 +86,8 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
-    "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Int8Weight", "Limits",
+    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "compile_decode", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
+    "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Limits",
     "MAX_STOP_SEQUENCES", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
     "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
     "context_length", "control_parameters", "generate_text", "load_model", "model_source", "native_bf16",

@@ -9,11 +9,6 @@ from torch import nn
 from .layers import linear_weight, replace_linear_layers
 
 
-class Int8Weight(torch.Tensor):
-    """How `Int8Linear.weight` shows its int8 matrix: a tensor subclass, as torchao's quantized weights are, so code
-    that special-cases plain float weights (the model's fast CPU output head) calls the module instead."""
-
-
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights, computed with int8 activations and int32 accumulation (`torch._int_mm`).
 
@@ -41,7 +36,10 @@ class Int8Linear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.qweight.as_subclass(Int8Weight)
+        """The weight's shape without its values (on the meta device, as `PackedLinear` shows its own): code that
+        special-cases plain weights (the model's fast CPU output head) sees a device other than the CPU and calls the
+        module instead. Not a view of `qweight`, so torch.compile traces a model holding it (`textgen.compiled`)."""
+        return torch.empty(self.out_features, self.in_features, dtype=self.qweight.dtype, device="meta")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Few, simple ops: at one token per step each op's fixed cost counts as much as its arithmetic.

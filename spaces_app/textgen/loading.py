@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .compiled import compile_decode
 from .int8 import quantize_int8
 from .packed import pack_bf16
 
@@ -142,7 +143,7 @@ def _config_dtype(config: dict) -> torch.dtype:
 
 
 def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.dtype | None = None, revision=None,
-               quantize: str | None = None, trust_remote_code: bool = False):
+               quantize: str | None = None, trust_remote_code: bool = False, torch_compile: bool = False):
     """(model, tokenizer) from a Hub id or a local folder, through the Auto classes.
 
     `dtype`: "auto" (what the front ends default to) is bf16 where the device computes it natively (AVX-512 BF16 or
@@ -153,6 +154,8 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     A bf16 model on the CPU gets its linear layers packed for oneDNN (`PackedLinear`: the same results at decode,
     about 1.7x faster matmuls on an AVX-512 BF16 CPU).
     `trust_remote_code`: see the module's docstring; a native model never runs remote code.
+    `torch_compile`: `generate()` decodes through a static KV cache and a torch.compile'd forward
+    (`textgen.compiled`); a bf16 model then keeps plain weights (torch.compile cannot trace oneDNN's packed ones).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quantize not in (None, *QUANTIZE_CHOICES):
@@ -168,7 +171,11 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
-    elif model.dtype == torch.bfloat16 and torch.device(device).type == "cpu" and pack_bf16(model).packed_linear_layers:
+    elif (model.dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not torch_compile
+          and pack_bf16(model).packed_linear_layers):
         why += "; linear layers packed for oneDNN"
+    if torch_compile:
+        compile_decode(model)
+        why += "; generate() decodes through torch.compile"
     model.serving_dtype = f"{str(model.dtype).removeprefix('torch.')} ({why})"
     return model, tokenizer
