@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 GROUPS = {  # operator name (aten::..., after the prefix) -> group; anything else is "other ops"
     "matmul": ("mm", "addmm", "bmm", "linear", "matmul", "_int_mm", "mkldnn_linear", "_weight_int8pack_mm", "mv",
-               "addmv", "dot", "_linear_pointwise"),
+               "addmv", "dot", "_linear_pointwise", "int8_linear",
+               "bf16_gemm_nt"),
     "int8 quantize": ("round", "linalg_vector_norm", "clamp_", "clamp", "div_", "addcmul"),
     "attention": ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu", "softmax",
                   "_softmax", "_scaled_dot_product_attention_math", "baddbmm", "masked_fill"),

@@ -44,7 +44,8 @@ EDGE_TEXTS = [
 ]
 WHICH = ("ours-fp32", "ours-bf16", "ours-int8", "llamacpp-f32", "llamacpp-f16", "llamacpp-q8_0")
 EXTRA = ("ours-bf16-plain",  # transformers' own bf16 (no packing), on request
-         "ours-fp32-compile", "ours-bf16-compile", "ours-int8-compile")  # load_model(torch_compile=True)
+         "ours-int8-intmm", "ours-bf16-packed",  # without the decode kernels: PyTorch's operators, oneDNN packing
+         "ours-fp32-compile", "ours-bf16-compile", "ours-int8-compile", "ours-int8-intmm-compile")  # torch_compile
 
 
 def emit(record: dict) -> dict:
@@ -200,20 +201,29 @@ make_124m_export = make_export
 
 def load_ours(export: Path, kind: str):
     """fp32, bf16 and int8 as the serving front ends load them (`spaces_app.textgen.load_model`: bf16 with linear
-    layers packed for oneDNN on the CPU); bf16-plain as transformers alone loads it (`from_pretrained(dtype=...)`);
-    `<kind>-compile`: with `load_model(torch_compile=True)` (static KV cache, compiled decode step)."""
+    layers on the decode kernel, or packed for oneDNN, on the CPU); bf16-plain as transformers alone loads it
+    (`from_pretrained(dtype=...)`); bf16-packed: packed for oneDNN (bf16 before its decode kernel);
+    `<kind>-compile`: with `load_model(torch_compile=True)` (static KV cache, compiled decode step); int8-intmm: int8
+    with `torch._int_mm` for every call (what int8 was before its decode kernel)."""
     sys.path.insert(0, str(REPO))
     from spaces_app.textgen import load_model
 
-    if kind == "bf16-plain":
+    if kind in ("bf16-plain", "bf16-packed"):
         import torch
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16, trust_remote_code=True).eval()
+        from spaces_app.textgen import pack_bf16
+
+        model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16, trust_remote_code=True).eval()
+        return model if kind == "bf16-plain" else pack_bf16(model, kernel=False)
     kind, compiled = kind.removesuffix("-compile"), kind.endswith("-compile")
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}[kind]
-    model, _ = load_model(str(export), device="cpu", dtype=dtype, quantize="int8" if kind == "int8" else None,
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8-intmm": "float32"}[kind]
+    model, _ = load_model(str(export), device="cpu", dtype=dtype, quantize="int8" if kind.startswith("int8") else None,
                           trust_remote_code=True, torch_compile=compiled)
+    if kind == "int8-intmm":  # every call on PyTorch's operators, as before the decode kernel (the same bits)
+        for module in model.modules():
+            if hasattr(module, "kernel"):
+                module.kernel = False
     return model
 
 
@@ -308,7 +318,8 @@ def table(records: list[dict]) -> str:
     speed = [r for r in records if r["bench"] == "llamacpp_speed"]
     if speed:
         # ours against llama.cpp's counterpart: the same weights at the nearest precision (bf16 against f16)
-        counterpart = {"fp32": "f32", "bf16": "f16", "bf16-plain": "f16", "int8": "q8_0"}
+        counterpart = {"fp32": "f32", "bf16": "f16", "bf16-plain": "f16", "int8": "q8_0", "int8-intmm": "q8_0",
+                       "bf16-packed": "f16"}
         counterpart.update({f"{kind}-compile": theirs for kind, theirs in list(counterpart.items())})
         median = {(r["preset"], r["which"]): r["ms_per_token_median"] for r in speed}
         lines += ["| preset | engine | precision | ms/token (median) | min | ours / llama.cpp |", "|---|---|---|---|---|---|"]

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spaces_app import textgen
 
@@ -173,6 +174,48 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded):
         finally:
             del model.forward
         assert drain(submit(engine, loaded, PROMPTS[0], max_new_tokens=5)) == generate_ids(loaded, PROMPTS[0], 5)
+
+
+def test_the_decode_kernels_give_int8linears_bits_and_bf16_rounded_once(monkeypatch, caplog):
+    """The int8 decode kernel (built at first use) computes `Int8Linear`'s forward with the same bits as its PyTorch
+    operators (`kernel=False`: per-row quantizing, `torch._int_mm`, scaling, the bias's fused multiply-add) for every
+    shape, 1 to `KERNEL_MAX_ROWS` rows and beyond; the bf16 one rounds the exact float32 sum (with the bias) once, as
+    F.linear does; where the kernels cannot be built, one warning and PyTorch's operators for every call."""
+    from spaces_app.textgen import kernels
+
+    assert kernels.decode_kernels_available()  # a C++ compiler and ninja: what the README's set-up gives
+    generator = torch.Generator().manual_seed(0)
+    for bias in (False, True):
+        for k, n in [(768, 2304), (3072, 768), (776, 33), (40, 7), (64, 50304)]:
+            layer = torch.nn.Linear(k, n, bias=bias)
+            with torch.no_grad():
+                layer.weight.normal_(0, 0.02, generator=generator)
+            fast, slow = textgen.Int8Linear.from_module(layer), textgen.Int8Linear.from_module(layer, kernel=False)
+            assert fast.kernel and not slow.kernel
+            for rows in (1, 3, kernels.KERNEL_MAX_ROWS, kernels.KERNEL_MAX_ROWS + 1):
+                x = torch.randn(rows, k, generator=generator) * 3
+                assert torch.equal(fast(x), slow(x)), (bias, k, n, rows)
+    if kernels.bf16_kernel_native():  # bf16: float32 sums rounded once, as F.linear: within one bf16 step of it
+        for m, k, n in [(1, 768, 2304), (3, 776, 33), (16, 40, 7)]:
+            a = torch.randn(m, k, generator=generator).bfloat16()
+            b, bias = (torch.randn(n, k, generator=generator) * 0.05).bfloat16(), torch.randn(n).bfloat16()
+            for with_bias in (None, bias):
+                ours, theirs = torch.ops.victorian_gpt.bf16_gemm_nt(a, b, with_bias), F.linear(a, b, with_bias)
+                exact = (a.float() @ b.float().t() + (0 if with_bias is None else with_bias.float()))
+                assert ours.dtype == torch.bfloat16 and ours.shape == (m, n)
+                assert ((ours.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all(), (m, k, n)  # rounded once
+                assert (ours == theirs).float().mean() > 0.99
+    layer = torch.nn.Linear(104, 200)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
+    with caplog.at_level("WARNING"):
+        assert not textgen.Int8Linear.from_module(layer).kernel and not kernels.decode_kernels_available()
+    assert [r.message for r in caplog.records] == [
+        "the decode kernels could not be built (Ninja is required to load C++ extensions); using PyTorch's"]
 
 
 @pytest.mark.parametrize("preset", ["tiny", "modern-tiny"])

@@ -42,26 +42,36 @@ def test_load_model_auto_follows_this_machine_and_float32_is_exact(tiny_export):
 
 @pytest.mark.skipif(not textgen.packing_available(), reason="no oneDNN bf16 kernels on this CPU")
 @pytest.mark.parametrize("layout", ["conv1d", "linear"])
-def test_bf16_on_the_cpu_packs_its_linear_layers_for_onednn_with_the_same_tokens(layout, tiny_export,
-                                                                                   modern_tiny_export):
+def test_bf16_on_the_cpu_serves_through_packed_linear_layers_with_the_plain_models_tokens(layout, tiny_export,
+                                                                                        modern_tiny_export):
     """`load_model(dtype="bfloat16")` on the CPU replaces every linear layer (GPT-2's Conv1D or nn.Linear, the head
-    included) with a oneDNN-packed `PackedLinear`: the same greedy tokens and logits as the plain bf16 model, one
-    stream and a left-padded batch; fp32 and int8 models are left alone."""
+    included) with `PackedLinear`: on the bf16 decode kernel where it runs natively (AVX-512 BF16), the plain bf16
+    model's greedy tokens with logits within bf16 rounding; packed for oneDNN (`kernel=False`, and wherever the kernel
+    does not run), the same tokens and logits bit for bit; one stream and a left-padded batch. fp32 and int8 models
+    are left alone."""
     from transformers import AutoModelForCausalLM
 
     folder = str(tiny_export if layout == "conv1d" else modern_tiny_export)
-    packed, tokenizer = textgen.load_model(folder, dtype="bfloat16")
-    assert packed.packed_linear_layers > 0 and not any(type(m) in (torch.nn.Linear, Conv1D) for m in packed.modules())
-    assert isinstance(packed.lm_head, textgen.PackedLinear) and packed.serving_dtype.endswith("packed for oneDNN)")
+    served, tokenizer = textgen.load_model(folder, dtype="bfloat16")
+    assert served.packed_linear_layers > 0 and not any(type(m) in (torch.nn.Linear, Conv1D) for m in served.modules())
+    assert isinstance(served.lm_head, textgen.PackedLinear) and served.lm_head.kernel == textgen.bf16_kernel_native()
+    assert served.serving_dtype.endswith("on the bf16 decode kernel)" if served.lm_head.kernel else "packed for oneDNN)")
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    onednn = textgen.pack_bf16(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval(), kernel=False)
+    assert not onednn.lm_head.kernel
     tokenizer.padding_side = "left"
     for prompts in (PROMPTS[:1], PROMPTS):
         inputs = tokenizer(prompts, return_tensors="pt", padding=True)
         kwargs = dict(max_new_tokens=12, do_sample=False, repetition_penalty=1.0, output_logits=True,
                       return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
-        a, b = packed.generate(**inputs, **kwargs), plain.generate(**inputs, **kwargs)
-        assert torch.equal(a.sequences, b.sequences)
-        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+        reference = plain.generate(**inputs, **kwargs)
+        packed = onednn.generate(**inputs, **kwargs)
+        assert torch.equal(packed.sequences, reference.sequences)
+        assert all(torch.equal(x, y) for x, y in zip(packed.logits, reference.logits))
+        kernel = served.generate(**inputs, **kwargs)
+        assert torch.equal(kernel.sequences, reference.sequences)
+        for x, y in zip(kernel.logits, reference.logits):
+            assert (x.float() - y.float()).abs().max() <= 0.02 * y.float().abs().max()
     for kwargs in (dict(dtype="float32"), dict(dtype="float32", quantize="int8")):
         model, _ = textgen.load_model(folder, **kwargs)
         assert not any(isinstance(m, textgen.PackedLinear) for m in model.modules())

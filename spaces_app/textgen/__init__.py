@@ -35,7 +35,9 @@ see other shapes (and padding), which can change the lowest bits of the logits a
 Inference's rules and messages, so the three front ends reject the same values the same way.
 
 `load_model(..., quantize="int8")` is the int8 CPU path (`Int8Linear`): int8 weights (per output channel) and
-int8 activations (per token, computed at each call), multiplied by PyTorch's integer GEMM with int32 accumulation.
+int8 activations (per token, computed at each call), multiplied with int32 accumulation: by the decode kernel for a
+few rows (`kernels.py`), by PyTorch's integer GEMM beyond. `load_model(..., torch_compile=True)` compiles
+`generate()`'s decode step (`compiled.py`).
 
 This package is uploaded to the Space beside `app.py`: it imports only torch and transformers (models are loaded
 through the Auto classes, as a downloaded Space would). One concern per file:
@@ -44,6 +46,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     errors.py      ValidationError, GenerationError, Overloaded
     loading.py     load_model: the dtype for the hardware (--dtype auto), the remote-code rule
     int8.py        Int8Linear, quantize_int8
+    kernels.py     the decode kernels (decode_kernels.cpp, built at first use): int8 and bf16 products of a few rows
     compiled.py    generate()'s decode step through a static KV cache and torch.compile: compile_decode
     streaming.py   sampling and streaming: Token, TokenChooser, the stopping criteria, TokenStreamer
     request.py     the consumer's side every request shares
@@ -58,6 +61,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
 from .compiled import compile_decode
+from .kernels import KERNEL_MAX_ROWS, bf16_kernel_native, decode_kernels_available
 from .int8 import Int8Linear, quantize_int8
 from .packed import PackedLinear, pack_bf16, packing_available
 from .loading import DTYPE_CHOICES, QUANTIZE_CHOICES, load_model, model_source, native_bf16, resolve_dtype
@@ -86,7 +90,8 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "compile_decode", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
+    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "KERNEL_MAX_ROWS", "bf16_kernel_native",
+    "compile_decode", "decode_kernels_available", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
     "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Limits",
     "MAX_STOP_SEQUENCES", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
     "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",

@@ -9,8 +9,8 @@ on GPUs; `CompileConfig._compile_all_devices` is its own switch for other device
 every prompt length and `max_new_tokens` (a static cache is as long as both), instead of once per length.
 
 The first `generate()` pays the compilation (about half a minute on 2 cores; torch keeps the compiled kernels on disk,
-so the next process starts sooner), so it pays where one process serves many requests: `victorian-gpt generate
---torch-compile` with `--interactive`, the server's `--engine threads`. The batching engine keeps its own growing
+so the next process starts sooner), so it pays where one process runs many continuations: `victorian-gpt generate
+--torch-compile --interactive`. The batching engine keeps its own growing
 cache and eager steps. What it buys: README, "Decode speed" (`bench/bench_decode.py --which int8,int8+compile`).
 
 Compiled kernels round differently from eager ones in the last bits (fused norms, another summation order), so greedy

@@ -1,27 +1,33 @@
 """int8, the CPU path: `Int8Linear` computes a linear layer with int8 weights (per output channel) and int8
-activations (per token, computed at each call), multiplied by PyTorch's integer GEMM with int32 accumulation."""
+activations (per token, computed at each call), multiplied with int32 accumulation: for a few rows by the int8
+decode kernel (`kernels.py`: the whole forward in one call), otherwise, or wherever it cannot be built, by PyTorch's
+operators and integer GEMM (`torch._int_mm`). Both give the same bits."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .kernels import KERNEL_MAX_ROWS, decode_kernels_available
 from .layers import linear_weight, replace_linear_layers
 
 
 class Int8Linear(nn.Module):
-    """A linear layer with int8 weights, computed with int8 activations and int32 accumulation (`torch._int_mm`).
+    """A linear layer with int8 weights, computed with int8 activations and int32 accumulation: the int8 decode kernel
+    (`kernels.py`) up to `KERNEL_MAX_ROWS` rows, PyTorch's operators and `torch._int_mm` beyond; the same bits.
 
     Weights are quantized once, symmetrically per output channel; activations at each call, symmetrically per token
     (per row), so a sequence's result does not depend on what else is in the batch: the integer product is exact.
     Measured on a 2-core CPU, weight-only int8 was slower than fp32 in eager PyTorch (torchao dequantizes the whole
-    matrix per call; `torch._weight_int8pack_mm` has no fast kernel there), while this reads 4x fewer bytes than fp32
-    through oneDNN's VNNI kernels: see bench/bench_int8.py.
+    matrix per call; `torch._weight_int8pack_mm` is slow with fp32 activations), while this reads 4x fewer bytes than
+    fp32: see bench/bench_int8.py and bench/bench_decode.py.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        """`weight` is (out_features, in_features), as `nn.Linear` stores it."""
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: bool = True):
+        """`weight` is (out_features, in_features), as `nn.Linear` stores it; `kernel=False` keeps every call on
+        `torch._int_mm` (the kernel, where it builds, gives the same bits faster: bench/bench_decode.py)."""
         super().__init__()
+        self.kernel = kernel and decode_kernels_available()
         weight = weight.detach().float()
         self.out_features, self.in_features = weight.shape
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
@@ -31,8 +37,8 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> "Int8Linear":
-        return cls(*linear_weight(module))
+    def from_module(cls, module: nn.Module, kernel: bool = True) -> "Int8Linear":
+        return cls(*linear_weight(module), kernel=kernel)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -45,6 +51,9 @@ class Int8Linear(nn.Module):
         # Few, simple ops: at one token per step each op's fixed cost counts as much as its arithmetic.
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
+        if self.kernel and rows.shape[0] <= KERNEL_MAX_ROWS and rows.device.type == "cpu":  # all of it in one call
+            out = torch.ops.victorian_gpt.int8_linear(rows, self.qweight, self.weight_scale, self.bias)
+            return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
         if rows.device.type == "cpu":
             row_scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).div_(127).clamp_(min=1e-12)
             qrows = torch.round(rows / row_scale).to(torch.int8)  # |rows / row_scale| <= 127 by construction
@@ -60,12 +69,13 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module, kernel: bool = True) -> nn.Module:
     """Replace every `nn.Linear` and GPT-2 `Conv1D` of `model` (the output head too) with `Int8Linear`, in place.
 
-    Embeddings stay in floating point; a head tied to the input embedding gets its own int8 copy. Returns `model`.
+    Embeddings stay in floating point; a head tied to the input embedding gets its own int8 copy. `kernel=False`:
+    `torch._int_mm` for every call (the same bits). Returns `model`.
     """
-    if not replace_linear_layers(model, Int8Linear.from_module):
+    if not replace_linear_layers(model, lambda module: Int8Linear.from_module(module, kernel=kernel)):
         raise ValueError("quantize int8: the model has no nn.Linear or Conv1D layer to quantize")
     model.quantization = "int8"
     return model

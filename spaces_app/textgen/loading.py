@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .compiled import compile_decode
 from .int8 import quantize_int8
+from .kernels import bf16_kernel_native
 from .packed import pack_bf16
 
 QUANTIZE_CHOICES = ("int8",)
@@ -151,11 +152,12 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     model's own dtype. The choice and its reason are kept as `model.serving_dtype` (shown by /info and the Space).
     `quantize="int8"` replaces the model's linear layers (GPT-2 `Conv1D` or `nn.Linear`, the output head included)
     with `Int8Linear` after loading: the CPU path, about a third of fp32's bytes per token.
-    A bf16 model on the CPU gets its linear layers packed for oneDNN (`PackedLinear`: the same results at decode,
-    about 1.7x faster matmuls on an AVX-512 BF16 CPU).
+    A bf16 model on the CPU gets `PackedLinear` layers: the bf16 decode kernel for a few rows where it builds
+    (`kernels.py`), otherwise weights packed for oneDNN.
     `trust_remote_code`: see the module's docstring; a native model never runs remote code.
     `torch_compile`: `generate()` decodes through a static KV cache and a torch.compile'd forward
-    (`textgen.compiled`); a bf16 model then keeps plain weights (torch.compile cannot trace oneDNN's packed ones).
+    (`textgen.compiled`); a bf16 model keeps plain weights there if the decode kernels cannot be built (torch.compile
+    cannot trace oneDNN's packed ones).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quantize not in (None, *QUANTIZE_CHOICES):
@@ -171,9 +173,11 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
-    elif (model.dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not torch_compile
+    elif (model.dtype == torch.bfloat16 and torch.device(device).type == "cpu"
+          and (bf16_kernel_native() or not torch_compile)  # torch.compile cannot trace oneDNN's packing
           and pack_bf16(model).packed_linear_layers):
-        why += "; linear layers packed for oneDNN"
+        why += ("; linear layers on the bf16 decode kernel" if bf16_kernel_native()
+                else "; linear layers packed for oneDNN")
     if torch_compile:
         compile_decode(model)
         why += "; generate() decodes through torch.compile"

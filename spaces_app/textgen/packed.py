@@ -10,8 +10,10 @@ rows; a long prefill differs from the plain path in bf16 rounding only. See READ
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .kernels import KERNEL_MAX_ROWS, bf16_kernel_native
 from .layers import linear_weight, replace_linear_layers
 
 
@@ -24,20 +26,25 @@ def packing_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """A bf16 linear layer on the CPU with a oneDNN-packed weight. Inference only (no gradient, not saved): made by
-    `pack_bf16` from a loaded model, as `quantize_int8` makes `Int8Linear`s."""
+    """A bf16 linear layer on the CPU for serving. Where the decode kernels build (`kernels.py`), its plain weight is
+    multiplied by the bf16 decode kernel for up to `KERNEL_MAX_ROWS` rows and by oneDNN beyond; elsewhere (or with
+    `kernel=False`) the weight is packed for oneDNN once and every call uses it. Inference only (no gradient, not
+    saved): made by `pack_bf16` from a loaded model, as `quantize_int8` makes `Int8Linear`s."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: bool = True):
         """`weight` is (out_features, in_features), as `nn.Linear` stores it, in bf16."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # an opaque oneDNN tensor: not a parameter or buffer, so state_dict, .to() and dtype checks never see it
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+        self.kernel = kernel and bf16_kernel_native()
+        if self.kernel:
+            self.register_buffer("plain_weight", weight.detach().contiguous(), persistent=False)
+        else:  # an opaque oneDNN tensor: not a parameter or buffer, so state_dict, .to() and dtype checks never see it
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> "PackedLinear":
-        return cls(*linear_weight(module))
+    def from_module(cls, module: nn.Module, kernel: bool = True) -> "PackedLinear":
+        return cls(*linear_weight(module), kernel=kernel)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -46,19 +53,25 @@ class PackedLinear(nn.Module):
         return torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16, device="meta")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        if not self.kernel:
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] > KERNEL_MAX_ROWS:
+            return F.linear(x, self.plain_weight, self.bias)
+        out = torch.ops.victorian_gpt.bf16_gemm_nt(rows, self.plain_weight, self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def pack_bf16(model: nn.Module) -> nn.Module:
+def pack_bf16(model: nn.Module, kernel: bool = True) -> nn.Module:
     """Replace every bf16 `nn.Linear` and GPT-2 `Conv1D` of a CPU model (the output head too: a head tied to the
     input embedding gets its own packed copy) with `PackedLinear`, in place, when `packing_available()`. Returns
     `model`, with `model.packed_linear_layers` set to how many were replaced (0 where packing is unavailable)."""
     replaced = 0
     if packing_available():
-        replaced = replace_linear_layers(model, PackedLinear.from_module, keep=lambda layer: (
+        replaced = replace_linear_layers(model, lambda module: PackedLinear.from_module(module, kernel), keep=lambda layer: (
             layer.weight.dtype == torch.bfloat16 and layer.weight.device.type == "cpu"))
     model.packed_linear_layers = replaced
     return model
