@@ -181,9 +181,13 @@ def test_the_decode_kernels_give_int8linears_bits_and_bf16_rounded_once(monkeypa
     operators (`kernel=False`: per-row quantizing, `torch._int_mm`, scaling, the bias's fused multiply-add) for every
     shape, 1 to `KERNEL_MAX_ROWS` rows and beyond; the bf16 one rounds the exact float32 sum (with the bias) once, as
     F.linear does; where the kernels cannot be built, one warning and PyTorch's operators for every call."""
+    import shutil
+
     from spaces_app.textgen import kernels
 
-    assert kernels.decode_kernels_available()  # a C++ compiler and ninja: what the README's set-up gives
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler here: the layers keep PyTorch's kernels")
+    assert kernels.decode_kernels_available()  # a C++ compiler, and ninja (a dependency)
     generator = torch.Generator().manual_seed(0)
     for bias in (False, True):
         for k, n in [(768, 2304), (3072, 768), (776, 33), (40, 7), (64, 50304)]:
