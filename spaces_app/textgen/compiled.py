@@ -10,8 +10,8 @@ every prompt length and `max_new_tokens` (a static cache is as long as both), in
 
 The first `generate()` pays the compilation (about half a minute on 2 cores; torch keeps the compiled kernels on disk,
 so the next process starts sooner), so it pays where one process runs many continuations: `victorian-gpt generate
---torch-compile --interactive`. The batching engine keeps its own growing
-cache and eager steps. What it buys: README, "Decode speed" (`bench/bench_decode.py --which int8,int8+compile`).
+--torch-compile --interactive`. The batching engine keeps its own growing cache and eager steps. What it buys:
+README, "Decode kernels and a compiled step" (`bench/bench_decode.py --which int8,int8-compile`).
 
 Compiled kernels round differently from eager ones in the last bits (fused norms, another summation order), so greedy
 tokens can part from the eager path's at a near-tie, as they do between precisions; `bench_decode.py` counts them.

@@ -173,11 +173,10 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
-    elif (model.dtype == torch.bfloat16 and torch.device(device).type == "cpu"
-          and (bf16_kernel_native() or not torch_compile)  # torch.compile cannot trace oneDNN's packing
-          and pack_bf16(model).packed_linear_layers):
-        why += ("; linear layers on the bf16 decode kernel" if bf16_kernel_native()
-                else "; linear layers packed for oneDNN")
+    elif model.dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        kernel = bf16_kernel_native()  # else oneDNN packing, which torch.compile cannot trace
+        if (kernel or not torch_compile) and pack_bf16(model).packed_linear_layers:
+            why += "; linear layers on the bf16 decode kernel" if kernel else "; linear layers packed for oneDNN"
     if torch_compile:
         compile_decode(model)
         why += "; generate() decodes through torch.compile"
