@@ -179,7 +179,7 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded):
 def test_the_decode_kernels_give_int8linears_bits_and_bf16_rounded_once(monkeypatch, caplog):
     """The int8 decode kernel (built at first use) computes `Int8Linear`'s forward with the same bits as its PyTorch
     operators (`kernel=False`: per-row quantizing, `torch._int_mm`, scaling, the bias's fused multiply-add) for every
-    shape, 1 to `KERNEL_MAX_ROWS` rows and beyond; the bf16 one rounds the exact float32 sum (with the bias) once, as
+    shape, 1 to `INT8_KERNEL_MAX_ROWS` rows and beyond; the bf16 one rounds the exact float32 sum (with the bias) once, as
     F.linear does; where the kernels cannot be built, one warning and PyTorch's operators for every call."""
     import shutil
 
@@ -196,11 +196,13 @@ def test_the_decode_kernels_give_int8linears_bits_and_bf16_rounded_once(monkeypa
                 layer.weight.normal_(0, 0.02, generator=generator)
             fast, slow = textgen.Int8Linear.from_module(layer), textgen.Int8Linear.from_module(layer, kernel=False)
             assert fast.kernel and not slow.kernel
-            for rows in (1, 3, kernels.KERNEL_MAX_ROWS, kernels.KERNEL_MAX_ROWS + 1):
+            for rows in (1, 2, 5, kernels.INT8_KERNEL_MAX_ROWS, kernels.INT8_KERNEL_MAX_ROWS + 1):
                 x = torch.randn(rows, k, generator=generator) * 3
                 assert torch.equal(fast(x), slow(x)), (bias, k, n, rows)
+            x = torch.randn(17, k, generator=generator)  # the operator itself takes any number of rows
+            assert torch.equal(torch.ops.victorian_gpt.int8_linear(x, fast.qweight, fast.weight_scale, fast.bias), slow(x))
     if kernels.bf16_kernel_native():  # bf16: float32 sums rounded once, as F.linear: within one bf16 step of it
-        for m, k, n in [(1, 768, 2304), (3, 776, 33), (16, 40, 7)]:
+        for m, k, n in [(1, 768, 2304), (3, 776, 33), (9, 40, 7), (16, 40, 8)]:
             a = torch.randn(m, k, generator=generator).bfloat16()
             b, bias = (torch.randn(n, k, generator=generator) * 0.05).bfloat16(), torch.randn(n).bfloat16()
             for with_bias in (None, bias):

@@ -61,7 +61,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
 from .compiled import compile_decode
-from .kernels import KERNEL_MAX_ROWS, bf16_kernel_native, decode_kernels_available
+from .kernels import BF16_KERNEL_MAX_ROWS, INT8_KERNEL_MAX_ROWS, bf16_kernel_native, decode_kernels_available
 from .int8 import Int8Linear, quantize_int8
 from .packed import PackedLinear, pack_bf16, packing_available
 from .loading import DTYPE_CHOICES, QUANTIZE_CHOICES, load_model, model_source, native_bf16, resolve_dtype
@@ -90,7 +90,7 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "KERNEL_MAX_ROWS", "bf16_kernel_native",
+    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "BF16_KERNEL_MAX_ROWS", "INT8_KERNEL_MAX_ROWS", "bf16_kernel_native",
     "compile_decode", "decode_kernels_available", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
     "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Limits",
     "MAX_STOP_SEQUENCES", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",

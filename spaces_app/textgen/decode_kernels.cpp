@@ -7,12 +7,12 @@
 //
 // At one row per call a linear layer is a matrix-vector product: every weight byte is read once, so the speed is the
 // memory's, provided the arithmetic keeps up and the call costs little (at one token per step, a dozen small PyTorch
-// operators per layer cost as much as the product). Each output row n is one pass over the weight's row n
-// (contiguous) against the input rows. int8: the quantized rows are kept as int16; AVX-512BW multiplies 32 pairs and
-// adds neighbours into 16 int32 lanes per instruction (_mm512_madd_epi16: |a * b| <= 127 * 127, so each pair sum
-// fits), AVX2 16, plain C++ elsewhere; integer sums are exact. bf16: AVX-512 BF16's _mm512_dpbf16_ps, 32 products per
-// instruction, plain C++ elsewhere (kernels.py uses it only where it is native). Output rows are split over torch's
-// own thread pool (at::parallel_for).
+// operators per layer cost as much as the product). The weight's rows are taken in blocks of 8 (a few KB, contiguous):
+// the first input row reads a block from memory, the others find it in the core's cache, so a batch of rows costs
+// little more than one. int8: with AVX-512 VNNI, dpbusd multiplies 64 unsigned by signed bytes per instruction (rows
+// shifted by 128, the shift taken off exactly); without VNNI, AVX-512BW/AVX2 madd on int16, or plain C++; integer sums
+// are exact. bf16: AVX-512 BF16's dpbf16, 32 products per instruction, plain C++ elsewhere (kernels.py uses it only
+// where it is native). Output rows are split over torch's own thread pool (at::parallel_for).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512BW__) || defined(__AVX2__)
@@ -30,7 +31,69 @@
 
 namespace {
 
-// sum_k x[k] * w[k]: x already widened to int16, w int8
+// Int8Linear's per-row quantizing: scale max|x| / 127 (at least 1e-12), x / scale rounded half to even, as its PyTorch
+// operators compute them (the division and the maximum are exact in any order, so vectors give the same bits).
+float quantize_row(const float* row, int64_t k_size, int8_t* out) {
+  float amax = 0.f;
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  __m512 vmax = _mm512_setzero_ps();
+  for (; k + 16 <= k_size; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+  amax = _mm512_reduce_max_ps(vmax);
+#endif
+  for (; k < k_size; ++k) amax = std::max(amax, std::fabs(row[k]));
+  const float scale = std::max(amax / 127.f, 1e-12f);
+  k = 0;
+#if defined(__AVX512F__)
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (; k + 16 <= k_size; k += 16) {
+    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + k), vscale),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)));
+  }
+#endif
+  for (; k < k_size; ++k) out[k] = static_cast<int8_t>(std::nearbyint(row[k] / scale));
+  return scale;
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// Exact int32 sums sum_k x[k] * w[j][k] of one unsigned row against NB weight rows. VNNI's dpbusd multiplies unsigned
+// by signed bytes, 4 products into each of 16 int32 lanes (|sum| < 2^31 for any K here); callers shift the signed rows
+// to unsigned (q + 128) and take off 128 * sum_k w[j][k], which SHIFT computes in the same pass (into shifts).
+template <int NB, bool SHIFT>
+inline void int8_dots(const uint8_t* x, const int8_t* w, int64_t k_size, int32_t* sums, int32_t* shifts) {
+  __m512i acc[NB], acc_shift[NB];
+  for (int j = 0; j < NB; ++j) acc[j] = acc_shift[j] = _mm512_setzero_si512();
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(128));
+  int64_t k = 0;
+  for (; k + 64 <= k_size; k += 64) {
+    const __m512i xk = _mm512_loadu_si512(x + k);
+    for (int j = 0; j < NB; ++j) {
+      const __m512i wj = _mm512_loadu_si512(w + j * k_size + k);
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xk, wj);
+      if (SHIFT) acc_shift[j] = _mm512_dpbusd_epi32(acc_shift[j], offset, wj);
+    }
+  }
+  if (k < k_size) {
+    const __mmask64 mask = (__mmask64(1) << (k_size - k)) - 1;
+    const __m512i xk = _mm512_maskz_loadu_epi8(mask, x + k);
+    for (int j = 0; j < NB; ++j) {
+      const __m512i wj = _mm512_maskz_loadu_epi8(mask, w + j * k_size + k);
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xk, wj);
+      if (SHIFT) acc_shift[j] = _mm512_dpbusd_epi32(acc_shift[j], offset, wj);
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    sums[j] = _mm512_reduce_add_epi32(acc[j]);
+    if (SHIFT) shifts[j] = _mm512_reduce_add_epi32(acc_shift[j]);
+  }
+}
+constexpr bool kVnni = true;
+#else
+constexpr bool kVnni = false;
+#endif
+
+// sum_k x[k] * w[k] without VNNI: x widened to int16, w int8 (AVX-512BW madd, AVX2, or plain C++)
 inline int32_t dot(const int16_t* x, const int8_t* w, int64_t k_size) {
   int64_t k = 0;
   int32_t sum = 0;
@@ -61,10 +124,42 @@ inline int32_t dot(const int16_t* x, const int8_t* w, int64_t k_size) {
   return sum;
 }
 
+// The exact int32 sums of the rows against weight rows [n_begin, n_end), into sums[(n - n_begin) * rows + m]
+void int8_sums(const int8_t* q, const uint8_t* qu, const int16_t* q16, const int8_t* w_ptr, int64_t k_size,
+               int64_t rows, int64_t n_begin, int64_t n_end, int32_t* sums) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  // weight rows in blocks of 8 (at most 8 * 3 KB here: after the first row reads them from memory, the block stays in
+  // the core's cache for the other rows); the first row's pass also sums each weight row for the shift
+  (void)q, (void)q16;
+  constexpr int NB = 8;
+  int32_t block[NB], shift[NB];
+  for (int64_t n = n_begin; n < n_end; n += NB) {
+    const int64_t nb = std::min<int64_t>(NB, n_end - n);
+    const int8_t* w = w_ptr + n * k_size;
+    for (int64_t m = 0; m < rows; ++m) {
+      const uint8_t* x = qu + m * k_size;
+      if (nb == NB) {
+        if (m == 0) int8_dots<NB, true>(x, w, k_size, block, shift);
+        else int8_dots<NB, false>(x, w, k_size, block, shift);
+      } else {
+        for (int64_t j = 0; j < nb; ++j) {
+          if (m == 0) int8_dots<1, true>(x, w + j * k_size, k_size, block + j, shift + j);
+          else int8_dots<1, false>(x, w + j * k_size, k_size, block + j, shift + j);
+        }
+      }
+      for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m] = block[j] - shift[j];
+    }
+  }
+#else
+  (void)q, (void)qu;
+  for (int64_t n = n_begin; n < n_end; ++n)
+    for (int64_t m = 0; m < rows; ++m) sums[(n - n_begin) * rows + m] = dot(q16 + m * k_size, w_ptr + n * k_size, k_size);
+#endif
+}
+
 // Int8Linear's whole forward for a few float32 rows, in one call instead of a dozen operators: each row quantized
-// symmetrically (scale max|x| / 127, at least 1e-12; x / scale rounded half to even), the int8 product summed exactly,
-// then (sum * row scale) * weight scale (+ bias), rounded as Int8Linear.forward's operators round, so the bits are
-// the same.
+// symmetrically (quantize_row), the int8 product summed exactly, then (sum * row scale) * weight scale (+ bias),
+// rounded as Int8Linear.forward's operators round, so the bits are the same.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& weight_scale,
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, "int8_linear: x float32 (M, K)");
@@ -77,30 +172,31 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
   const at::Tensor xc = x.contiguous(), wc = qweight.contiguous(), sc = weight_scale.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t m_size = xc.size(0), n_size = wc.size(0), k_size = xc.size(1);
-  std::vector<int16_t> quantized(m_size * k_size);
+  std::vector<int8_t> quantized(m_size * k_size);
+  std::vector<uint8_t> shifted(kVnni ? m_size * k_size : 0);  // q + 128, VNNI's unsigned operand
+  std::vector<int16_t> widened(kVnni ? 0 : m_size * k_size);  // q as int16, the madd kernels' operand
   std::vector<float> row_scale(m_size);
   const float* x_ptr = xc.data_ptr<float>();
   for (int64_t m = 0; m < m_size; ++m) {
-    const float* row = x_ptr + m * k_size;
-    float amax = 0.f;
-    for (int64_t k = 0; k < k_size; ++k) amax = std::max(amax, std::fabs(row[k]));
-    const float scale = std::max(amax / 127.f, 1e-12f);
-    row_scale[m] = scale;
-    for (int64_t k = 0; k < k_size; ++k)
-      quantized[m * k_size + k] = static_cast<int16_t>(std::nearbyint(row[k] / scale));
+    int8_t* q = quantized.data() + m * k_size;
+    row_scale[m] = quantize_row(x_ptr + m * k_size, k_size, q);
+    for (int64_t k = 0; k < k_size; ++k) {
+      if (kVnni) shifted[m * k_size + k] = static_cast<uint8_t>(q[k] + 128);
+      else widened[m * k_size + k] = q[k];
+    }
   }
   at::Tensor out = at::empty({m_size, n_size}, xc.options());
   const int8_t* w_ptr = wc.data_ptr<int8_t>();
   const float* s_ptr = sc.data_ptr<float>();
   const float* b_ptr = bias.has_value() ? bc.data_ptr<float>() : nullptr;
   float* out_ptr = out.data_ptr<float>();
-  const int16_t* q_ptr = quantized.data();
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k_size));
+  const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(1, k_size));
   at::parallel_for(0, n_size, grain, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> sums((end - begin) * m_size);
+    int8_sums(quantized.data(), shifted.data(), widened.data(), w_ptr, k_size, m_size, begin, end, sums.data());
     for (int64_t n = begin; n < end; ++n) {
-      const int8_t* w = w_ptr + n * k_size;
       for (int64_t m = 0; m < m_size; ++m) {
-        volatile float scaled = static_cast<float>(dot(q_ptr + m * k_size, w, k_size)) * row_scale[m];
+        volatile float scaled = static_cast<float>(sums[(n - begin) * m_size + m]) * row_scale[m];
         // without a bias two roundings (out.mul_(scale)), with one the single rounding of torch.addcmul's fma
         out_ptr[m * n_size + n] = b_ptr ? std::fma(scaled, s_ptr[n], b_ptr[n]) : static_cast<float>(scaled * s_ptr[n]);
       }
@@ -109,20 +205,52 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
   return out;
 }
 
-// sum_k x[k] * w[k] in float32, x and w bf16 (their products are exact in float32)
-inline float dot_bf16(const at::BFloat16* x, const at::BFloat16* w, int64_t k_size) {
-  int64_t k = 0;
-  float sum = 0.f;
 #if defined(__AVX512BF16__)
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (; k + 64 <= k_size; k += 64) {
-    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(w + k));
-    acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(x + k + 32), (__m512bh)_mm512_loadu_si512(w + k + 32));
+// float32 sums of bf16 products (exact in float32) of one row against NB weight rows: AVX-512 BF16's dpbf16, 32
+// products per instruction
+template <int NB>
+inline void bf16_dots(const at::BFloat16* x, const at::BFloat16* w, int64_t k_size, float* sums) {
+  __m512 acc[NB];
+  for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= k_size; k += 32) {
+    const __m512bh xk = (__m512bh)_mm512_loadu_si512(x + k);
+    for (int j = 0; j < NB; ++j)
+      acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_loadu_si512(w + j * k_size + k));
   }
-  sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  if (k < k_size) {
+    const __mmask32 mask = (__mmask32(1) << (k_size - k)) - 1;
+    const __m512bh xk = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + k);
+    for (int j = 0; j < NB; ++j)
+      acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * k_size + k));
+  }
+  for (int j = 0; j < NB; ++j) sums[j] = _mm512_reduce_add_ps(acc[j]);
+}
 #endif
-  for (; k < k_size; ++k) sum += static_cast<float>(x[k]) * static_cast<float>(w[k]);
-  return sum;
+
+// the float32 sums of rows [0, rows) of a against weight rows [n_begin, n_end): into sums[(n - n_begin) * rows + m]
+void bf16_sums(const at::BFloat16* a, const at::BFloat16* b_ptr, int64_t k_size, int64_t rows, int64_t n_begin,
+               int64_t n_end, float* sums) {
+#if defined(__AVX512BF16__)
+  constexpr int NB = 8;  // weight rows in blocks, as int8_sums
+  float block[NB];
+  for (int64_t n = n_begin; n < n_end; n += NB) {
+    const int64_t nb = std::min<int64_t>(NB, n_end - n);
+    for (int64_t m = 0; m < rows; ++m) {
+      if (nb == NB) bf16_dots<NB>(a + m * k_size, b_ptr + n * k_size, k_size, block);
+      else for (int64_t j = 0; j < nb; ++j) bf16_dots<1>(a + m * k_size, b_ptr + (n + j) * k_size, k_size, block + j);
+      for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m] = block[j];
+    }
+  }
+#else
+  for (int64_t n = n_begin; n < n_end; ++n)
+    for (int64_t m = 0; m < rows; ++m) {
+      float sum = 0.f;
+      for (int64_t k = 0; k < k_size; ++k)
+        sum += static_cast<float>(a[m * k_size + k]) * static_cast<float>(b_ptr[n * k_size + k]);
+      sums[(n - n_begin) * rows + m] = sum;
+    }
+#endif
 }
 
 at::Tensor bf16_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
@@ -140,13 +268,13 @@ at::Tensor bf16_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::opt
   const at::BFloat16* a_ptr = ac.data_ptr<at::BFloat16>();
   const at::BFloat16* b_ptr = bc.data_ptr<at::BFloat16>();
   at::BFloat16* out_ptr = out.data_ptr<at::BFloat16>();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, k_size));
+  const int64_t grain = std::max<int64_t>(8, 32768 / std::max<int64_t>(1, k_size));
   at::parallel_for(0, n_size, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const at::BFloat16* w = b_ptr + n * k_size;
+    std::vector<float> sums((end - begin) * m_size);
+    bf16_sums(a_ptr, b_ptr, k_size, m_size, begin, end, sums.data());
+    for (int64_t n = begin; n < end; ++n)
       for (int64_t m = 0; m < m_size; ++m)
-        out_ptr[m * n_size + n] = at::BFloat16(dot_bf16(a_ptr + m * k_size, w, k_size) + bias_ptr[n]);
-    }
+        out_ptr[m * n_size + n] = at::BFloat16(sums[(n - begin) * m_size + m] + bias_ptr[n]);
   });
   return out;
 }

@@ -8,13 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import KERNEL_MAX_ROWS, decode_kernels_available
+from .kernels import INT8_KERNEL_MAX_ROWS, decode_kernels_available
 from .layers import linear_weight, replace_linear_layers
 
 
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights, computed with int8 activations and int32 accumulation: the int8 decode kernel
-    (`kernels.py`) up to `KERNEL_MAX_ROWS` rows, PyTorch's operators and `torch._int_mm` beyond; the same bits.
+    (`kernels.py`) up to `INT8_KERNEL_MAX_ROWS` rows, PyTorch's operators and `torch._int_mm` beyond; the same bits.
 
     Weights are quantized once, symmetrically per output channel; activations at each call, symmetrically per token
     (per row), so a sequence's result does not depend on what else is in the batch: the integer product is exact.
@@ -51,7 +51,7 @@ class Int8Linear(nn.Module):
         # Few, simple ops: at one token per step each op's fixed cost counts as much as its arithmetic.
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
-        if self.kernel and rows.shape[0] <= KERNEL_MAX_ROWS and rows.device.type == "cpu":  # all of it in one call
+        if self.kernel and rows.shape[0] <= INT8_KERNEL_MAX_ROWS and rows.device.type == "cpu":  # all of it in one call
             out = torch.ops.victorian_gpt.int8_linear(rows, self.qweight, self.weight_scale, self.bias)
             return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
         if rows.device.type == "cpu":

@@ -3,7 +3,7 @@ than PyTorch's general ones on a CPU where one row reads every weight once (READ
 
 Built at first use with `torch.utils.cpp_extension` (a C++ compiler and ninja; torch caches the build on disk, so
 each machine compiles once), registered as `torch.ops.victorian_gpt.int8_linear` and `bf16_gemm_nt`, with shape
-functions so torch.compile traces them. `Int8Linear` and `PackedLinear` call them for up to `KERNEL_MAX_ROWS` rows and
+functions so torch.compile traces them. `Int8Linear` and `PackedLinear` call them for up to `INT8_KERNEL_MAX_ROWS` / `BF16_KERNEL_MAX_ROWS` rows and
 keep PyTorch's kernels beyond, and wherever they cannot be built, or `VICTORIAN_GPT_DECODE_KERNELS=0`.
 """
 
@@ -18,10 +18,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Up to this many rows per call the kernels, beyond PyTorch's. The 49 matrices of a 124M step on 2 cores, ms (kernel
-# against PyTorch's): int8 11.8/17.4 at 1 row, 20.1/23.6 at 3, 23.4/24.3 at 4, 31.1/25.7 at 8; bf16 18.1/29.0 at 1,
-# 30.0/32.1 at 3, 32.8/30.9 at 4, 49.6/30.6 at 8 (the kernels read the weights once but multiply row by row).
-KERNEL_MAX_ROWS = 3
+# Up to this many rows per call the kernels, beyond PyTorch's. The 49 matrices of a 124M step on 2 cores, medians of
+# 11 alternating runs, ms (kernel against PyTorch's: /tmp microbench of the ops alone): int8 6.8/11.8 at 1 row,
+# 7.8/11.5 at 2, 9.0/12.1 at 4, 14.6/16.3 at 8 (20/14 at 16); bf16 13.5/19.6 at 1, 15.3/18.7 at 2, 19.3/19.0 at 4,
+# 33.5/22.4 at 8. Each block of weight rows is read from memory once for all the rows; the bf16 products cost more
+# per row (dpbf16 multiplies 32 pairs, dpbusd 64).
+INT8_KERNEL_MAX_ROWS = 8
+BF16_KERNEL_MAX_ROWS = 3
 _state: dict = {}
 
 
@@ -60,7 +63,7 @@ def _build():
     digest = hashlib.sha1(str(source).encode() + source.read_bytes()).hexdigest()[:12]
     cpp_extension.load(name=f"victorian_gpt_decode_kernels_{digest}", sources=[str(source)],
                        # -fopenmp: at::parallel_for is OpenMP inlined from torch's headers (and the same libgomp)
-                       extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                       extra_cflags=["-O3", "-march=native", "-fopenmp", "--param=sra-max-scalarization-size-Ospeed=4096"], extra_ldflags=["-fopenmp"],
                        is_python_module=False, verbose=False)
     # shapes, for torch.compile
     torch.library.register_fake("victorian_gpt::int8_linear")(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import KERNEL_MAX_ROWS, bf16_kernel_native
+from .kernels import BF16_KERNEL_MAX_ROWS, bf16_kernel_native
 from .layers import linear_weight, replace_linear_layers
 
 
@@ -30,7 +30,7 @@ def packing_available() -> bool:
 
 class PackedLinear(nn.Module):
     """A bf16 linear layer on the CPU for serving. Where the decode kernels build (`kernels.py`), its plain weight is
-    multiplied by the bf16 decode kernel for up to `KERNEL_MAX_ROWS` rows and by oneDNN beyond; elsewhere (or with
+    multiplied by the bf16 decode kernel for up to `BF16_KERNEL_MAX_ROWS` rows and by oneDNN beyond; elsewhere (or with
     `kernel=False`) the weight is packed for oneDNN once and every call uses it. Inference only (no gradient, not
     saved): made by `pack_bf16` from a loaded model, as `quantize_int8` makes `Int8Linear`s."""
 
@@ -59,7 +59,7 @@ class PackedLinear(nn.Module):
         if not self.kernel:
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] > KERNEL_MAX_ROWS:
+        if rows.shape[0] > BF16_KERNEL_MAX_ROWS:
             return F.linear(x, self.plain_weight, self.bias)
         out = torch.ops.victorian_gpt.bf16_gemm_nt(rows, self.plain_weight, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
