@@ -80,11 +80,11 @@ def bare_steps(model, prompt: list[int], steps: int):
 
 
 def breakdown(prof, steps: int, step_ms: float) -> tuple[dict, list]:
-    """ms per step by group (self CPU time of top-level aten operators), the rest as unaccounted."""
+    """ms per step by group (self CPU time of aten, mkldnn and decode-kernel operators), the rest as unaccounted."""
     groups: dict[str, float] = {}
     ops = []
     for event in prof.key_averages():
-        if not event.key.startswith(("aten::", "mkldnn::")):
+        if not event.key.startswith(("aten::", "mkldnn::", "victorian_gpt::")):
             continue
         ms = event.self_cpu_time_total / 1000 / steps
         groups[group_of(event.key)] = groups.get(group_of(event.key), 0.0) + ms

@@ -259,9 +259,10 @@ at::Tensor bf16_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::opt
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1),
               "bf16_gemm_nt: a (M, K) and b (N, K), got ", a.sizes(), " and ", b.sizes());
   // the bias joins the float32 sum before its one rounding to bf16, as oneDNN adds it
-  const at::Tensor bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::zeros({b.size(0)}, at::kFloat);
-  TORCH_CHECK(bias_f32.numel() == b.size(0), "bf16_gemm_nt: bias of ", bias_f32.numel(), " for ", b.size(0), " outputs");
-  const float* bias_ptr = bias_f32.data_ptr<float>();
+  const at::Tensor bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK(!bias.has_value() || bias_f32.numel() == b.size(0), "bf16_gemm_nt: bias of ", bias_f32.numel(), " for ",
+              b.size(0), " outputs");
+  const float* bias_ptr = bias.has_value() ? bias_f32.data_ptr<float>() : nullptr;
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   const int64_t m_size = ac.size(0), n_size = bc.size(0), k_size = ac.size(1);
   at::Tensor out = at::empty({m_size, n_size}, ac.options());
@@ -274,7 +275,7 @@ at::Tensor bf16_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::opt
     bf16_sums(a_ptr, b_ptr, k_size, m_size, begin, end, sums.data());
     for (int64_t n = begin; n < end; ++n)
       for (int64_t m = 0; m < m_size; ++m)
-        out_ptr[m * n_size + n] = at::BFloat16(sums[(n - begin) * m_size + m] + bias_ptr[n]);
+        out_ptr[m * n_size + n] = at::BFloat16(sums[(n - begin) * m_size + m] + (bias_ptr ? bias_ptr[n] : 0.f));
   });
   return out;
 }
