@@ -84,7 +84,10 @@ def test_torch_compile_decodes_through_a_static_cache_with_the_eager_tokens(mode
     compilation serves every length. `victorian-gpt generate --torch-compile --prompts-file` is refused in one line."""
     from victorian_gpt.generation_cli import main as generate_main
 
+    from torch._dynamo.utils import counters
+
     folder = str(modern_tiny_export)
+    counters.clear()
     compiled, tokenizer = textgen.load_model(folder, dtype="float32", quantize="int8", torch_compile=True)
     eager, _ = textgen.load_model(folder, dtype="float32", quantize="int8")
     assert compiled.compiled_decode and compiled.generation_config.cache_implementation == "static"
@@ -99,6 +102,8 @@ def test_torch_compile_decodes_through_a_static_cache_with_the_eager_tokens(mode
         assert torch.equal(a.sequences, b.sequences)
         assert max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits)) < 1e-3
     assert hasattr(compiled, "_compiled_call")  # generate() went through transformers' compiled forward
+    # one compilation for both lengths, with the eager model's steps in between
+    assert counters["frames"]["total"] == 1 and counters["stats"]["unique_graphs"] == 1, dict(counters["frames"])
     assert generate_main([folder, "--prompts-file", "x.txt", "--torch-compile"]) == 2
     assert "--prompts-file runs the batching engine" in capsys.readouterr().err
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -79,6 +79,12 @@ def _update_takes_kwargs(cache_class) -> bool:
         known = "kwargs" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
         _UPDATE_TAKES_KWARGS[cache_class] = known
     return known
+
+
+# The caches generate() makes, known before anything runs: torch.compile guards on this dict, so a compiled decode
+# step (StaticCache) would compile again when another model's DynamicCache first added itself.
+for _cache_class in (DynamicCache, StaticCache):
+    _update_takes_kwargs(_cache_class)
 
 
 class GrowingKVLayer(DynamicLayer):
