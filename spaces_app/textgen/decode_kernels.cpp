@@ -31,6 +31,12 @@
 
 namespace {
 
+// Each 64-byte piece of a weight row is prefetched this many blocks of rows ahead of its use (a prefetch never faults,
+// also beyond the weight's end). The hardware's prefetchers follow one stream well, eight interleaved ones less so:
+// the 49 matrices of a 124M step at one row, 2 cores, int8 7.2 -> 4.7 ms, bf16 12.4 -> 9.5 ms (1 or 4 blocks ahead
+// measured within the noise of 2).
+constexpr int kPrefetchBlocks = 2;
+
 // Int8Linear's per-row quantizing: scale max|x| / 127 (at least 1e-12), x / scale rounded half to even, as its PyTorch
 // operators compute them (the division and the maximum are exact in any order, so vectors give the same bits).
 float quantize_row(const float* row, int64_t k_size, int8_t* out) {
@@ -70,6 +76,7 @@ inline void int8_dots(const uint8_t* x, const int8_t* w, int64_t k_size, int32_t
     const __m512i xk = _mm512_loadu_si512(x + k);
     for (int j = 0; j < NB; ++j) {
       const __m512i wj = _mm512_loadu_si512(w + j * k_size + k);
+      _mm_prefetch(reinterpret_cast<const char*>(w + (kPrefetchBlocks * NB + j) * k_size + k), _MM_HINT_T0);
       acc[j] = _mm512_dpbusd_epi32(acc[j], xk, wj);
       if (SHIFT) acc_shift[j] = _mm512_dpbusd_epi32(acc_shift[j], offset, wj);
     }
@@ -215,8 +222,10 @@ inline void bf16_dots(const at::BFloat16* x, const at::BFloat16* w, int64_t k_si
   int64_t k = 0;
   for (; k + 32 <= k_size; k += 32) {
     const __m512bh xk = (__m512bh)_mm512_loadu_si512(x + k);
-    for (int j = 0; j < NB; ++j)
+    for (int j = 0; j < NB; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (kPrefetchBlocks * NB + j) * k_size + k), _MM_HINT_T0);
       acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_loadu_si512(w + j * k_size + k));
+    }
   }
   if (k < k_size) {
     const __mmask32 mask = (__mmask32(1) << (k_size - k)) - 1;

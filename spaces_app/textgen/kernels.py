@@ -19,12 +19,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 # Up to this many rows per call the kernels, beyond PyTorch's. The 49 matrices of a 124M step on 2 cores, medians of
-# 11 alternating runs, ms (kernel against PyTorch's: /tmp microbench of the ops alone): int8 6.8/11.8 at 1 row,
-# 7.8/11.5 at 2, 9.0/12.1 at 4, 14.6/16.3 at 8 (20/14 at 16); bf16 13.5/19.6 at 1, 15.3/18.7 at 2, 19.3/19.0 at 4,
-# 33.5/22.4 at 8. Each block of weight rows is read from memory once for all the rows; the bf16 products cost more
-# per row (dpbf16 multiplies 32 pairs, dpbusd 64).
+# 7 alternating runs, ms, kernel against PyTorch's (a microbenchmark of the operators alone): int8 3.7/10.0 at 1 row,
+# 5.3/10.2 at 3, 10.2/12.0 at 8, 12.7/11.7 at 12; bf16 8.3/15.9 at 1, 14.7/16.4 at 4, 19.7/17.6 at 6. Each block of
+# weight rows is read from memory once for all the rows; a bf16 row costs more arithmetic (dpbf16 multiplies 32 pairs
+# per instruction, dpbusd 64).
 INT8_KERNEL_MAX_ROWS = 8
-BF16_KERNEL_MAX_ROWS = 3
+BF16_KERNEL_MAX_ROWS = 4
 _state: dict = {}
 
 
