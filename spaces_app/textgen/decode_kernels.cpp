@@ -132,12 +132,12 @@ inline int32_t dot(const int16_t* x, const int8_t* w, int64_t k_size) {
 }
 
 // The exact int32 sums of the rows against weight rows [n_begin, n_end), into sums[(n - n_begin) * rows + m]
-void int8_sums(const int8_t* q, const uint8_t* qu, const int16_t* q16, const int8_t* w_ptr, int64_t k_size,
-               int64_t rows, int64_t n_begin, int64_t n_end, int32_t* sums) {
+void int8_sums(const uint8_t* qu, const int16_t* q16, const int8_t* w_ptr, int64_t k_size, int64_t rows,
+               int64_t n_begin, int64_t n_end, int32_t* sums) {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   // weight rows in blocks of 8 (at most 8 * 3 KB here: after the first row reads them from memory, the block stays in
   // the core's cache for the other rows); the first row's pass also sums each weight row for the shift
-  (void)q, (void)q16;
+  (void)q16;
   constexpr int NB = 8;
   int32_t block[NB], shift[NB];
   for (int64_t n = n_begin; n < n_end; n += NB) {
@@ -158,7 +158,7 @@ void int8_sums(const int8_t* q, const uint8_t* qu, const int16_t* q16, const int
     }
   }
 #else
-  (void)q, (void)qu;
+  (void)qu;
   for (int64_t n = n_begin; n < n_end; ++n)
     for (int64_t m = 0; m < rows; ++m) sums[(n - n_begin) * rows + m] = dot(q16 + m * k_size, w_ptr + n * k_size, k_size);
 #endif
@@ -179,14 +179,13 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
   const at::Tensor xc = x.contiguous(), wc = qweight.contiguous(), sc = weight_scale.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t m_size = xc.size(0), n_size = wc.size(0), k_size = xc.size(1);
-  std::vector<int8_t> quantized(m_size * k_size);
+  std::vector<int8_t> q(k_size);  // one quantized row
   std::vector<uint8_t> shifted(kVnni ? m_size * k_size : 0);  // q + 128, VNNI's unsigned operand
   std::vector<int16_t> widened(kVnni ? 0 : m_size * k_size);  // q as int16, the madd kernels' operand
   std::vector<float> row_scale(m_size);
   const float* x_ptr = xc.data_ptr<float>();
   for (int64_t m = 0; m < m_size; ++m) {
-    int8_t* q = quantized.data() + m * k_size;
-    row_scale[m] = quantize_row(x_ptr + m * k_size, k_size, q);
+    row_scale[m] = quantize_row(x_ptr + m * k_size, k_size, q.data());
     for (int64_t k = 0; k < k_size; ++k) {
       if (kVnni) shifted[m * k_size + k] = static_cast<uint8_t>(q[k] + 128);
       else widened[m * k_size + k] = q[k];
@@ -200,7 +199,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
   const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(1, k_size));
   at::parallel_for(0, n_size, grain, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> sums((end - begin) * m_size);
-    int8_sums(quantized.data(), shifted.data(), widened.data(), w_ptr, k_size, m_size, begin, end, sums.data());
+    int8_sums(shifted.data(), widened.data(), w_ptr, k_size, m_size, begin, end, sums.data());
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t m = 0; m < m_size; ++m) {
         volatile float scaled = static_cast<float>(sums[(n - begin) * m_size + m]) * row_scale[m];
