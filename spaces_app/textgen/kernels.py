@@ -63,7 +63,7 @@ def _build():
     digest = hashlib.sha1(str(source).encode() + source.read_bytes()).hexdigest()[:12]
     cpp_extension.load(name=f"victorian_gpt_decode_kernels_{digest}", sources=[str(source)],
                        # -fopenmp: at::parallel_for is OpenMP inlined from torch's headers (and the same libgomp)
-                       extra_cflags=["-O3", "-march=native", "-fopenmp", "--param=sra-max-scalarization-size-Ospeed=4096"], extra_ldflags=["-fopenmp"],
+                       extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                        is_python_module=False, verbose=False)
     # shapes, for torch.compile
     torch.library.register_fake("victorian_gpt::int8_linear")(
