@@ -1,5 +1,6 @@
 """The decode kernels (`decode_kernels.cpp`): matrix products for a few rows, what a decode step multiplies, faster
-than PyTorch's general ones on a CPU where one row reads every weight once (README, "Decode speed").
+than PyTorch's general ones on a CPU where one row reads every weight once (README, "Decode kernels and a compiled
+step").
 
 Built at first use with `torch.utils.cpp_extension` (a C++ compiler and ninja; torch caches the build on disk, so
 each machine compiles once), registered as `torch.ops.victorian_gpt.int8_linear` and `bf16_gemm_nt`, with shape
