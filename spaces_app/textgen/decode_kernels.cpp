@@ -95,6 +95,13 @@ inline void int8_dots(const uint8_t* x, const int8_t* w, int64_t k_size, int32_t
     if (SHIFT) shifts[j] = _mm512_reduce_add_epi32(acc_shift[j]);
   }
 }
+// int8_dots for one input row of a block: the first (which also sums the weight rows for the shift) or a later one
+template <int NB>
+inline void int8_row_dots(bool first, const uint8_t* x, const int8_t* w, int64_t k_size, int32_t* sums,
+                          int32_t* shifts) {
+  if (first) int8_dots<NB, true>(x, w, k_size, sums, shifts);
+  else int8_dots<NB, false>(x, w, k_size, sums, shifts);
+}
 constexpr bool kVnni = true;
 #else
 constexpr bool kVnni = false;
@@ -145,15 +152,8 @@ void int8_sums(const uint8_t* qu, const int16_t* q16, const int8_t* w_ptr, int64
     const int8_t* w = w_ptr + n * k_size;
     for (int64_t m = 0; m < rows; ++m) {
       const uint8_t* x = qu + m * k_size;
-      if (nb == NB) {
-        if (m == 0) int8_dots<NB, true>(x, w, k_size, block, shift);
-        else int8_dots<NB, false>(x, w, k_size, block, shift);
-      } else {
-        for (int64_t j = 0; j < nb; ++j) {
-          if (m == 0) int8_dots<1, true>(x, w + j * k_size, k_size, block + j, shift + j);
-          else int8_dots<1, false>(x, w + j * k_size, k_size, block + j, shift + j);
-        }
-      }
+      if (nb == NB) int8_row_dots<NB>(m == 0, x, w, k_size, block, shift);
+      else for (int64_t j = 0; j < nb; ++j) int8_row_dots<1>(m == 0, x, w + j * k_size, k_size, block + j, shift + j);
       for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m] = block[j] - shift[j];
     }
   }
