@@ -72,8 +72,6 @@ def test_preemption_through_the_launcher_three_ways_resumes_bit_for_bit(tmp_path
         # the launcher fails (torchrun's status 1). When the ranks are signalled, which status torchrun reports for
         # each (130, or its own SIGTERM for the rank still running) depends on which exits first: not asserted.
         assert status != 0, output[-3000:]
-        if how != "ranks":
-            assert f"got signal: {int(signal.SIGTERM if how == 'launcher' else signal.SIGINT)}" in output
         for rank in (0, 1):
             assert (broken / "checkpoints" / f"step_{saved}" / f"data_state_rank{rank}.npz").is_file()
     # a save that crashed half-way (left its temporary folder) must not be mistaken for the latest checkpoint
