@@ -36,7 +36,7 @@ from victorian_gpt import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from spaces_app import textgen  # noqa: E402
+from serving import textgen  # noqa: E402
 
 
 class _Tokenizer:

@@ -2,7 +2,7 @@
 
     python bench/bench_data.py [--books 20] [--repeats 3]
 
-Ours: `training.data.PackedBlocks` over the local PG19 sample (streamed JSON Lines -> `encode_batch_fast` -> EOS ->
+Ours: `training.blocks.PackedBlocks` over the local PG19 sample (streamed JSON Lines -> `encode_batch_fast` -> EOS ->
 blocks of 2049 -> shuffle buffer). Reference: `tokenizer(texts)` book by book + EOS + the same packing, the way a
 `datasets.map` recipe would tokenize. Both limited to one core (RAYON_NUM_THREADS=1, one torch thread), alternating.
 """
@@ -30,7 +30,7 @@ BLOCK = 2048
 
 
 def ours(tokenizer, books: int) -> tuple[int, float]:
-    from training.data import PackedBlocks
+    from training.blocks import PackedBlocks
 
     data = PackedBlocks(str(SAMPLE), "train", tokenizer, BLOCK, shuffle_buffer=1000, endless=False, max_books=books)
     start, blocks = time.perf_counter(), 0
@@ -42,7 +42,7 @@ def ours(tokenizer, books: int) -> tuple[int, float]:
 def reference(tokenizer, books: int) -> tuple[int, float]:
     import numpy as np
 
-    from training.data import pack_blocks
+    from training.blocks import pack_blocks
     from victorian_gpt.sources import load_text_dataset
 
     start = time.perf_counter()

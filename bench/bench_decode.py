@@ -2,7 +2,7 @@
 
     python bench/bench_decode.py [--presets modern-124m,gpt2-124m] [--which fp32,bf16,int8] [--steps 64]
 
-For each precision (fp32, bf16, int8 as `spaces_app.textgen.load_model` makes them) it measures, on random weights
+For each precision (fp32, bf16, int8 as `serving.textgen.load_model` makes them) it measures, on random weights
 after a 20-token prompt:
 - `generate()`'s ms per new token (greedy, KV cache; what bench_llamacpp.py sets against llama.cpp),
 - the bare forward pass's ms per step (the same KV cache and one token, argmax in between): the difference is

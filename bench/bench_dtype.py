@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spaces_app import textgen  # noqa: E402
+from serving import textgen  # noqa: E402
 from training.evaluate import eval_blocks, text_measures  # noqa: E402
 
 

@@ -29,7 +29,7 @@ from victorian_gpt import PRESETS, VictorianGPTConfig, VictorianGPTForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from spaces_app import textgen  # noqa: E402
+from serving import textgen  # noqa: E402
 
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "pg19-sample"
 
@@ -118,7 +118,7 @@ def quality(export: str, args) -> dict:
     try:
         from training.evaluate import text_measures as measures_of
     except ImportError:  # before word-level perplexity
-        from training.data import token_byte_lengths as measures_of
+        from training.measures import token_byte_lengths as measures_of
 
     results = {}
     for quantize in (None, "int8"):

@@ -8,7 +8,7 @@
     command's export (--export) and a GPT-2-preset export (--gpt2-export; a random one is made if not given).
 (c) speed: ms per new token at the 124M shapes (random weights; batch 1, greedy, --new-tokens after a
     --prompt-tokens prompt, --threads threads), alternating repeats in one run: our generate() in fp32, bf16 and
-    int8 (spaces_app.textgen.load_model(quantize="int8")) against llama.cpp f32, f16 and q8_0.
+    int8 (serving.textgen.load_model(quantize="int8")) against llama.cpp f32, f16 and q8_0.
 
 llama.cpp runs in its own virtualenv (llama-cpp-python built from source, --llamacpp-python), in a worker process this
 script drives over stdin/stdout; our model runs in this process. One JSON line per measurement, then a table.
@@ -149,7 +149,7 @@ def llamacpp_ms_per_token(llama: LlamaCpp, path: str, prompt: list[int], new_tok
 # --------------------------------------------------------------------------------------------------- our side
 def convert(export: Path, out: Path, outtype: str = "f32") -> Path:
     sys.path.insert(0, str(REPO))
-    from victorian_gpt.convert import to_gguf
+    from victorian_gpt.conversion import to_gguf
 
     return to_gguf(export, out, outtype=outtype, overwrite=True)
 
@@ -200,19 +200,19 @@ make_124m_export = make_export
 
 
 def load_ours(export: Path, kind: str):
-    """fp32, bf16 and int8 as the serving front ends load them (`spaces_app.textgen.load_model`: bf16 with linear
+    """fp32, bf16 and int8 as the serving front ends load them (`serving.textgen.load_model`: bf16 with linear
     layers on the decode kernel, or packed for oneDNN, on the CPU); bf16-plain as transformers alone loads it
     (`from_pretrained(dtype=...)`); bf16-packed: packed for oneDNN (bf16 before its decode kernel);
     `<kind>-compile`: with `load_model(torch_compile=True)` (static KV cache, compiled decode step); int8-intmm: int8
     with `torch._int_mm` for every call (what int8 was before its decode kernel)."""
     sys.path.insert(0, str(REPO))
-    from spaces_app.textgen import load_model
+    from serving.textgen import load_model
 
     if kind in ("bf16-plain", "bf16-packed"):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from spaces_app.textgen import pack_bf16
+        from serving.textgen import pack_bf16
 
         model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16, trust_remote_code=True).eval()
         return model if kind == "bf16-plain" else pack_bf16(model, kernel=False)

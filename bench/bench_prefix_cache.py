@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from bench_batching import _Tokenizer  # noqa: E402
 
-from spaces_app import textgen  # noqa: E402
+from serving import textgen  # noqa: E402
 
 
 def main():

@@ -84,7 +84,7 @@ def late_checkpoint(early: Path, late_step: int, tokenizer_dir: Path, work: Path
     """The early checkpoint's weights, optimizer and RNG at the stream position of step `late_step`."""
     from transformers import AutoTokenizer
 
-    from training.data import PackedBlocks, save_data_state
+    from training.blocks import PackedBlocks, save_data_state
 
     late = work / f"step_{late_step}"
     shutil.copytree(early, late)

@@ -35,7 +35,8 @@ def bare_tokens_per_s(model_config, micro_batch, block_size, steps, warmup=3):
     import torch
 
     from training.evaluate import lm_loss
-    from training.train import build_optimizer, load_config
+    from training.config import load_config
+    from training.optim import build_optimizer
     from victorian_gpt import VictorianGPTForCausalLM
 
     torch.manual_seed(0)
@@ -54,7 +55,8 @@ def bare_tokens_per_s(model_config, micro_batch, block_size, steps, warmup=3):
 
 
 def loop_tokens_per_s(config_overrides, steps, warmup=3):
-    from training.train import load_config, train
+    from training.config import load_config
+    from training.train import train
 
     out = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     try:

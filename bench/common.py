@@ -60,7 +60,7 @@ def emit(record: dict):
 median = statistics.median
 
 
-def require_dataset(parser, path) -> "Path":
+def require_dataset(parser, path):
     """`path` as a Path, or the parser's error saying how to get a PG19-format dataset (victorian_gpt.sources)."""
     import sys
     from pathlib import Path

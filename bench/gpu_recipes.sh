@@ -60,7 +60,7 @@ COMMON=(--prepared_data "$PREP/data" --tokenizer "$PREP/tokenizer" --max_steps "
 # the 2019 recipe at 124M as nanoGPT trains it: GPT-2 architecture, no dropout, AdamW 6e-4, cosine
 GPT2=(--model_preset gpt2-124m --model_overrides "{${SHAPE}resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}"
       --optimizer adamw --learning_rate 6e-4 --lr_scheduler_type cosine)
-# the README's modern recipe keys ("The recipe")
+# the modern recipe keys of the main command (docs/recipe.md)
 MODERN=(--model_preset modern-124m --model_overrides "{${SHAPE%,}}" --optimizer muon --muon_learning_rate 0.02
         --muon_adjust_lr_fn original --learning_rate 3e-3 --lr_scheduler_type warmup_stable_decay --decay_ratio 0.3)
 
@@ -80,7 +80,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from training.train import flops_per_token, peak_flops
+from training.hardware import flops_per_token, peak_flops
 from victorian_gpt import VictorianGPTConfig
 
 run, name, wall = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -4,7 +4,7 @@
     TGI_URL=http://127.0.0.1:8080 python spaces_app/app.py   # stream from a TGI endpoint (e.g. `victorian-gpt serve`)
 
 Locally the model is loaded through the Auto classes, and every visitor's request goes through one batching engine
-(the package spaces_app/textgen/, `textgen.Engine`): the running generations decode together, one token each per
+(the package serving/textgen/, `textgen.Engine`): the running generations decode together, one token each per
 step, so several visitors share the cores' reading of the weights instead of competing for them. Each streams token
 by token. The Stop button, a closed tab or an error ends the Gradio generator, which takes its sequence out of the
 batch at the next step. Environment: MODEL_ID, TGI_URL, CONCURRENCY_LIMIT (generations decoded together, default 8),
@@ -40,10 +40,12 @@ import urllib.request
 from collections.abc import Iterator
 
 import gradio as gr
+from huggingface_hub import InferenceClient
+from transformers import GenerationConfig
 
 try:
-    from spaces_app import textgen
-except ImportError:  # on the Space, the textgen/ package sits beside app.py
+    from serving import textgen
+except ImportError:  # on the Space, push-space puts the textgen/ package beside app.py
     import textgen
 
 logger = logging.getLogger("victorian_gpt.space")
@@ -110,9 +112,6 @@ class TGIBackend:
     """A Text Generation Inference endpoint, through `huggingface_hub.InferenceClient`."""
 
     def __init__(self, url: str, model_id: str | None = None):
-        from huggingface_hub import InferenceClient
-        from transformers import GenerationConfig
-
         self.url, self.client_class = url, InferenceClient
         try:  # the model's own defaults, if we know which model the endpoint serves
             config = GenerationConfig.from_pretrained(model_id) if model_id else GenerationConfig()

@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
 from conftest import HUB_EXPORT_EVAL, complete_export_for_hub
-from hub_card.card import build_card, check_card, main
+from hub.card import build_card, check_card, main
 
 
 def _front_matter(text: str) -> str:

@@ -103,7 +103,7 @@ for folder, expected_class, out in jobs:
 def natives(exports, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     """Each export converted (the first through the installed command line, the others through `main`), then
     loaded in ONE stranger's process (an interpreter start costs seconds on a busy 2-core machine)."""
-    from victorian_gpt.convert import main
+    from victorian_gpt.conversion.cli import main
 
     root = tmp_path_factory.mktemp("natives")
     jobs = []
@@ -163,7 +163,7 @@ def test_native_config_speaks_every_readers_dialect(natives):
     ],
 )
 def test_an_option_no_native_class_has_is_refused_by_name(overrides, named, tmp_path, tiny_tokenizer_dir, capsys):
-    from victorian_gpt.convert import main
+    from victorian_gpt.conversion.cli import main
 
     export = _make_export(tmp_path / "export", tiny_tokenizer_dir, "modern-tiny", **overrides)
     capsys.readouterr()
@@ -202,7 +202,7 @@ def _break(case: str, export: Path, tmp_path: Path) -> tuple[Path, str]:
     if case == "missing_path":
         return tmp_path / "nowhere", "does not exist"
     if case == "offline_hub_id":
-        return Path("victoria/never-published"), "cannot get victoria/never-published@main"
+        return Path("victoria/never-published"), "victoria/never-published is not in the local Hub cache"
     raise AssertionError(case)
 
 
@@ -212,7 +212,7 @@ BAD_INPUTS = ["not_an_export", "other_model_type", "missing_weights", "corrupt_w
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_before_anything_is_written(case, exports, tmp_path, capsys):
-    from victorian_gpt.convert import main
+    from victorian_gpt.conversion.cli import main
 
     export, expected = _break(case, exports["qwen3"], tmp_path)
     out_dir = tmp_path / "out"
@@ -225,9 +225,9 @@ def test_bad_input_is_one_line_before_anything_is_written(case, exports, tmp_pat
 
 
 def test_existing_output_needs_overwrite_and_failure_half_way_leaves_nothing(exports, tmp_path, capsys, monkeypatch):
-    import safetensors.torch
+    import victorian_gpt.conversion.native
 
-    from victorian_gpt.convert import main
+    from victorian_gpt.conversion.cli import main
 
     export = exports["llama"]
     native, gguf_file = tmp_path / "native", tmp_path / "model.gguf"
@@ -245,7 +245,7 @@ def test_existing_output_needs_overwrite_and_failure_half_way_leaves_nothing(exp
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(victorian_gpt.conversion.native, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         main([str(export), "--to", "transformers", "--output", str(native), "--overwrite"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "native"], "no temporary left behind"
@@ -313,7 +313,7 @@ def test_gguf_f32_holds_our_tensors_and_llama_cpp_metadata(shape, exports, tmp_p
 
     export = exports[shape]
     out = tmp_path / "model.gguf"
-    from victorian_gpt.convert import main
+    from victorian_gpt.conversion.cli import main
 
     assert main([str(export), "--to", "gguf", "--output", str(out)]) == 0
     reader = gguf.GGUFReader(out)
@@ -359,7 +359,7 @@ def test_gguf_f16_and_q8_0_types_and_values(exports, tmp_path, capsys, tiny_toke
     import gguf
     import numpy as np
 
-    from victorian_gpt.convert import main
+    from victorian_gpt.conversion.cli import main
 
     export = exports["gpt2"]
     expected = _expected_gguf(export, "gpt2")

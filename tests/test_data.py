@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from training.data import (
-    PackedBlocks,
-    PreparedBlocks,
-    load_data_state,
-    pack_blocks,
-    prepare,
-    save_data_state,
-    shuffle_blocks,
-    token_byte_lengths,
-    token_stream,
-)
+from training.blocks import PackedBlocks, load_data_state, pack_blocks, save_data_state, shuffle_blocks, token_stream
+from training.measures import token_byte_lengths
+from training.shards import PreparedBlocks, prepare
 from victorian_gpt.sources import load_text_dataset
 
 BLOCK = 128

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spaces_app import textgen
+from serving import textgen
 
 PROMPTS = [
     "It was a dark and stormy night; the rain fell in torrents",
@@ -183,7 +183,7 @@ def test_the_decode_kernels_give_int8linears_bits_and_bf16_rounded_once(monkeypa
     F.linear does; where the kernels cannot be built, one warning and PyTorch's operators for every call."""
     import shutil
 
-    from spaces_app.textgen import kernels
+    from serving.textgen import kernels
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("no C++ compiler here: the layers keep PyTorch's kernels")

@@ -8,7 +8,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from hub_card.card import check_card, main
+from hub.card import check_card, main
 
 BEFORE = {"validation": {"bits_per_byte": 1.6000}, "general": {"bits_per_byte": 1.7000}}
 AFTER = {"validation": {"bits_per_byte": 1.4400}, "general": {"bits_per_byte": 1.7085}}
@@ -77,7 +77,7 @@ def test_an_adapter_folder_gets_a_peft_card(tmp_path, tiny_export):
 def test_push_builds_the_card_with_a_base_model_given_on_the_command_line(hub_export, capsys):
     """`victorian-gpt push --base-model`: a fine-tune trained from a local folder names its Hub base in the card it
     uploads; a folder whose README.md exists is uploaded as it is, so the flag is refused there, in one line."""
-    from hub_card.publish import PublishError, plan_model_upload, push_main
+    from hub.publish import PublishError, plan_model_upload, push_main
 
     summary = json.loads((hub_export / "training_summary.json").read_text())
     summary["finetuning"] = _finetuning("finetune", "full", base="/home/me/runs/victorian/model")

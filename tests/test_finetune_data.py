@@ -64,7 +64,7 @@ def test_gutenberg_header_and_footer_are_cut_and_the_title_line_names_the_book(t
 def test_books_shard_across_ranks_by_file(tmp_path, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from training.data import BookReader
+    from training.blocks import BookReader
 
     books = write_txt_books(tmp_path / "books", length=1_500, layout={"train": 4})
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)

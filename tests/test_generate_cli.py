@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from victorian_gpt.generation_cli import main
+from serving.generate import main
 
 PROMPT = "It was a dark and stormy night"
 

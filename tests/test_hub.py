@@ -388,7 +388,7 @@ def run_cli(args: list[str], endpoint: str, token: str | None = TOKEN, console_s
         command = [sys.executable, "-m", "victorian_gpt.cli", *args]
     else:
         module, function = {"push": ("publish", "push_main"), "push-space": ("publish", "push_space_main")}[args[0]]
-        code = f"import sys; from hub_card.{module} import {function}; sys.exit({function}(sys.argv[1:]))"
+        code = f"import sys; from hub.{module} import {function}; sys.exit({function}(sys.argv[1:]))"
         command = [sys.executable, "-c", code, *args[1:]]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
@@ -415,7 +415,7 @@ def _no_token(monkeypatch, tmp_path):
     ],
 )
 def test_push_refuses_bad_input_before_any_request(case, expected, hub, hub_export, monkeypatch, tmp_path, capsys):
-    from hub_card.publish import push_main
+    from hub.publish import push_main
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -502,7 +502,7 @@ def test_push_to_a_new_branch_and_again_to_an_existing_repo(hub, pushed, tmp_pat
     (changed / "generation_config.json").write_text(json.dumps({**generation, "temperature": 0.7}, indent=2))
     main_before = hub.repos[("model", REPO_ID)].branches["main"]
     # A card written beforehand (here pinning main's commit in its snippet) is published as written.
-    from hub_card.card import main as card_main
+    from hub.card import main as card_main
 
     assert card_main([str(changed), "--repo-id", REPO_ID, "--revision", main_before]) == 0
 
@@ -686,7 +686,9 @@ def test_push_space_refuses_a_missing_model_or_app(hub, tmp_path):
 
 
 def test_push_space_publishes_the_projects_spaces_app(hub, pushed):
-    """Without --space-dir the Space is this repository's spaces_app/, its own README metadata filled in."""
+    """Without --space-dir the Space is this repository's spaces_app/, its own README metadata filled in, with copies
+    of the engine (serving/textgen/ as textgen/) and of victorian_gpt/utils/ beside app.py: the whole bundle, nothing
+    else."""
     from huggingface_hub import SpaceCard
 
     from conftest import REPO_ROOT
@@ -696,10 +698,17 @@ def test_push_space_publishes_the_projects_spaces_app(hub, pushed):
     assert result.returncode == 0, result.stderr
     (commit,) = hub.api_commits("space", space_id)
     app_dir = REPO_ROOT / "spaces_app"
-    on_disk = {p.relative_to(app_dir).as_posix() for p in app_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert set(commit.sent) == on_disk and {"app.py", "requirements.txt", "README.md"} <= on_disk
-    for name in on_disk - {"README.md"}:
-        assert commit.files[name] == (app_dir / name).read_bytes(), name
+
+    def files_of(folder, prefix=""):
+        return {prefix + p.relative_to(folder).as_posix(): p for p in folder.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+
+    on_disk = {**files_of(app_dir), **files_of(REPO_ROOT / "serving" / "textgen", "textgen/"),
+               **files_of(REPO_ROOT / "victorian_gpt" / "utils", "victorian_gpt/utils/")}
+    assert set(commit.sent) == set(on_disk)
+    assert {"app.py", "requirements.txt", "README.md", "textgen/engine.py", "victorian_gpt/utils/hub.py"} <= set(on_disk)
+    for name in set(on_disk) - {"README.md"}:
+        assert commit.files[name] == on_disk[name].read_bytes(), name
     ours, theirs = SpaceCard(commit.files["README.md"].decode()), SpaceCard.load(app_dir / "README.md")
     assert ours.data.models == [REPO_ID] and ours.data.datasets == ["emozilla/pg19"]
     assert {k: v for k, v in ours.data.to_dict().items() if k not in ("models", "datasets")} == {
@@ -718,7 +727,7 @@ EXPECTED_NATIVE_FILES = {"README.md", "config.json", "generation_config.json", "
 def _run_convert(hub_url: str, cache: Path, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(cache),
            "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}
-    return subprocess.run([sys.executable, "-c", "import sys\nfrom victorian_gpt.convert import main\n" + code],
+    return subprocess.run([sys.executable, "-c", "import sys\nfrom victorian_gpt.conversion.cli import main\n" + code],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -748,8 +757,9 @@ def test_convert_reads_a_hub_repo_at_a_revision_and_refuses_missing_ones(native_
     assert [line for line in converted.stdout.splitlines() if line.startswith("STATUS")] == ["STATUS 0", "STATUS 2", "STATUS 2"]
     errors = [line for line in converted.stderr.splitlines() if line.startswith("victorian-gpt convert: error:")]
     assert errors == [
-        "victorian-gpt convert: error: Hub repo victoria/never-published not found (or private: log in with `hf auth login`)",
-        f"victorian-gpt convert: error: revision 'no-such-branch' not found in the Hub repo {REPO_ID}",
+        "victorian-gpt convert: error: Hub repo victoria/never-published is not a repository on the Hub (or it is "
+        "private: log in with `hf auth login`)",
+        f"victorian-gpt convert: error: Hub repo {REPO_ID} has no revision 'no-such-branch' on the Hub",
     ], converted.stderr
     assert not (root / "x").exists() and not (root / "x.gguf").exists()
     assert json.loads((native / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
@@ -804,7 +814,7 @@ def test_a_stranger_runs_the_native_repo_without_remote_code(hub, native_pushed,
 
 
 def test_push_refuses_a_native_folder_with_code_or_missing_files(hub, native_pushed, tmp_path, monkeypatch, capsys):
-    from hub_card.publish import push_main
+    from hub.publish import push_main
 
     native, *_ = native_pushed
     monkeypatch.setenv("HF_ENDPOINT", hub.url)

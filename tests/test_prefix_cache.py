@@ -1,4 +1,4 @@
-"""The engine's prefix cache (spaces_app/textgen/prefix_cache.py): exact, bounded, and never half-written.
+"""The engine's prefix cache (serving/textgen/prefix_cache.py): exact, bounded, and never half-written.
 
 Every comparison is between the same engine settings with the cache off and on, on the same weights: greedy and
 seeded sampled tokens must be identical, alone and in a left-padded batch, for both recipes (learned positions and
@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 
-from spaces_app import textgen
+from serving import textgen
 
 OPENING = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
            "foolishness, it was the epoch of belief, it was the epoch of incredulity, ")

@@ -303,14 +303,14 @@ def test_disconnect_stops_generation(server):
 
 
 def test_serve_rejects_a_missing_model(tmp_path):
-    from spaces_app.server import main
+    from serving.server import main
 
     assert main([str(tmp_path / "nothing-here"), "--port", str(free_port())]) == 2
 
 
 def test_generation_error_reaches_the_consumer(tiny_export):
     """An exception inside generate() (here: the forward pass) is raised to whoever iterates, promptly."""
-    from spaces_app import textgen
+    from serving import textgen
 
     model, tokenizer = textgen.load_model(str(tiny_export))
     calls = {"n": 0}
@@ -383,8 +383,8 @@ def test_overload_is_429_not_a_hang(small_export, engine):
     import httpx
     import uvicorn
 
-    from spaces_app import textgen
-    from spaces_app.server import create_app
+    from serving import textgen
+    from serving.server import create_app
 
     model, tokenizer = textgen.load_model(str(small_export))
     model.generation_config.eos_token_id = None  # streams that only end when told to

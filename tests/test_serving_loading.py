@@ -4,14 +4,13 @@ folders (`victorian-gpt convert --to transformers`) giving the same tokens as th
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 import torch
 from test_remote_code import modern_tiny_export  # noqa: F401,F811 (a fixture, also named as a test's parameter)
 from transformers.pytorch_utils import Conv1D
 
-from spaces_app import textgen
+from serving import textgen
 
 PROMPTS = ["It was a dark and stormy night; the rain fell in torrents", "Mr. Pickwick",
            "The fog lay thick upon the river, and the lamplighter had scarcely begun", "A"]
@@ -82,7 +81,7 @@ def test_torch_compile_decodes_through_a_static_cache_with_the_eager_tokens(mode
     them) decodes through transformers' static KV cache and the compiled forward (`_compiled_call`), one stream and a
     left-padded batch, with the eager model's greedy tokens and logits within the compiled kernels' rounding; one
     compilation serves every length. `victorian-gpt generate --torch-compile --prompts-file` is refused in one line."""
-    from victorian_gpt.generation_cli import main as generate_main
+    from serving.generate import main as generate_main
 
     from torch._dynamo.utils import counters
 
@@ -132,7 +131,7 @@ def native_folders(tiny_export, tmp_path_factory, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
     from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
-    from victorian_gpt.convert import to_transformers
+    from victorian_gpt.conversion import to_transformers
     from victorian_gpt.export import save_model_folder
 
     root = tmp_path_factory.mktemp("native")
@@ -147,7 +146,7 @@ def native_folders(tiny_export, tmp_path_factory, tiny_tokenizer_dir):
 
 
 def test_remote_code_runs_only_when_trusted_or_local(native_folders, hub_cache, capsys):
-    from victorian_gpt.generation_cli import main as generate_main
+    from serving.generate import main as generate_main
 
     (export, native), _ = native_folders
     put_in_hub_cache(export, hub_cache, "someone/remote-code")
@@ -169,16 +168,16 @@ def test_remote_code_runs_only_when_trusted_or_local(native_folders, hub_cache, 
 
 
 def engine_ids(model, tokenizer, prompts, max_new_tokens=12):
-    """Greedy tokens of `prompts` through one engine, staggered so that they share a left-padded batch."""
+    """Greedy tokens of `prompts` through one engine, all in one left-padded batch: made up while the engine is held,
+    not by timing (staggered submissions batched differently from run to run, and not at all on a warm machine)."""
     limits = textgen.Limits.for_model(model, tokenizer)
     with textgen.Engine(model, tokenizer, limits=limits) as engine:
-        generations = []
-        for prompt in prompts:
-            generations.append(engine.submit(*textgen.prepare_request(tokenizer, prompt, limits,
-                                                                      max_new_tokens=max_new_tokens)))
-            time.sleep(0.01)
+        with engine.held():
+            generations = [engine.submit(*textgen.prepare_request(tokenizer, prompt, limits,
+                                                                  max_new_tokens=max_new_tokens))
+                           for prompt in prompts]
         out = [[t.id for t in g] for g in generations]
-        assert engine.peak_batch_size > 1
+        assert engine.peak_batch_size == len(prompts)
     return out
 
 

@@ -288,8 +288,8 @@ def tgi_server(small_export, monkeypatch):
     import huggingface_hub.constants
     import uvicorn
 
-    from spaces_app import textgen
-    from spaces_app.server import create_app
+    from serving import textgen
+    from serving.server import create_app
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the endpoint is on 127.0.0.1
     model, tokenizer = textgen.load_model(str(small_export))
@@ -313,7 +313,7 @@ def test_space_streams_from_a_tgi_endpoint(tgi_server, small_export, caplog):
     import requests
     from gradio_client import Client
 
-    from spaces_app import textgen
+    from serving import textgen
     from spaces_app.app import build_demo
 
     demo = build_demo(model_id=str(small_export), tgi_url=tgi_server)
@@ -360,15 +360,18 @@ def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
 
     space = tmp_path / "space"
     space.mkdir()
-    # exactly the files push-space would upload (app.py beside the textgen/ package), nothing else of this checkout
-    from hub_card.publish import plan_space_upload
+    # exactly the files push-space would upload (app.py beside copies of the textgen/ package and of
+    # victorian_gpt/utils/), nothing else of this checkout
+    from hub.publish import plan_space_upload
 
-    files, _ = plan_space_upload(REPO_ROOT / "spaces_app")
-    assert {"app.py", "requirements.txt", "textgen/__init__.py", "textgen/engine.py",
-            "textgen/decode_kernels.cpp"} <= {f.as_posix() for f in files}
-    for name in files:
+    files, _ = plan_space_upload()
+    assert {"app.py", "requirements.txt", "textgen/__init__.py", "textgen/engine.py", "textgen/decode_kernels.cpp",
+            "victorian_gpt/utils/hub.py"} <= {name for name, _ in files}
+    assert not any(name.startswith("victorian_gpt/") and not name.startswith("victorian_gpt/utils/")
+                   for name, _ in files), "only the shared rules, not the package"
+    for name, path in files:
         (space / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO_ROOT / "spaces_app" / name, space / name)
+        shutil.copy(path, space / name)
     code = (
         f"import sys; sys.path.insert(0, {str(space)!r})\n"
         "import app\n"
@@ -378,7 +381,8 @@ def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
         "print(backend, len(texts) > 0)\n"
     )
     # the decode kernels' build from a copied folder costs ~20 s here; test_engine builds and checks them
-    result = run_isolated(code, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "VICTORIAN_GPT_DECODE_KERNELS": "0"})
+    result = run_isolated(code, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "VICTORIAN_GPT_DECODE_KERNELS": "0"},
+                          allow=(space,))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "('app', 'textgen') True" in result.stdout
 
@@ -418,7 +422,7 @@ def test_history_panel_and_downloads_keep_the_text_exactly():
 
 def test_local_backend_batches_through_the_engine_and_quantizes_on_request(tiny_export):
     """The Space's local backend: requests go through one `textgen.Engine`; QUANTIZE=int8 gives int8 layers."""
-    from spaces_app import textgen
+    from serving import textgen
     from spaces_app.app import LocalBackend, make_generate
 
     plain = LocalBackend(str(tiny_export), quantize=None)

@@ -71,7 +71,7 @@ def test_word_level_perplexity_is_total_nll_over_the_words_of_the_text(tmp_path,
 def test_early_stopping_exports_the_best_checkpoint_which_pruning_keeps(tmp_path, pg19_tiny, tiny_tokenizer_dir):
     from safetensors.torch import load_file
 
-    from hub_card.card import build_card
+    from hub.card import build_card
 
     out = tmp_path / "run"
     # an absurd threshold: no evaluation after the first counts as an improvement, so patience 2 ends the run at the

@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from .data import save_data_state
+from .blocks import save_data_state
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"

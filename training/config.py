@@ -7,6 +7,7 @@ Field names follow `transformers.TrainingArguments` where one exists (`learning_
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 import yaml
 
 from victorian_gpt.sources import DEFAULT_DATASET
+
+DEFAULT_PRESET = "gpt2-124m"  # the model trained from scratch when model_preset is not set
 
 
 @dataclass
@@ -163,8 +166,6 @@ def _coerce(name: str, value):
 def _unknown(keys, where: str):
     unknown = sorted(set(keys) - set(FIELDS))
     if unknown:
-        import difflib
-
         hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, FIELDS, 1)) else repr(k)
                  for k in unknown]
         raise ValueError(f"unknown training config key(s) in {where}: {', '.join(hints)}")

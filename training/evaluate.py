@@ -5,7 +5,7 @@
 - bits per byte: total NLL / ln 2 / UTF-8 bytes of the text whose tokens were predicted; does not.
 - word-level perplexity (PG19's measure, as in Rae et al. 2019 and the papers that compare with it):
   exp(total NLL / words), where the words are those of the original text that start in a predicted token, a word
-  being a maximal run of non-whitespace characters (what Python's `str.split()` counts; `training.data.count_words`).
+  being a maximal run of non-whitespace characters (what Python's `str.split()` counts; `training.measures.count_words`).
   Does not depend on the tokenizer either.
 Evaluation covers whole `block_size + 1`-token blocks: the first token of each block is context, not predicted, and
 its NLL and any word starting in it are left out alike. The training loop reports the same figures.
@@ -22,9 +22,13 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from victorian_gpt.sources import add_text_arguments
+from victorian_gpt.sources import DEFAULT_DATASET, add_text_arguments, load_text_dataset, text_options_from_args
+from victorian_gpt.utils.modeling import context_length
 
-from .data import PackedBlocks, count_words, make_dataloader, token_byte_lengths, token_word_tables
+from .blocks import PackedBlocks, make_dataloader
+from .finetune import load_for_eval
+from .measures import count_words, token_byte_lengths, token_word_tables
+from .shards import PreparedBlocks
 
 
 def lm_loss(model, block: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -37,8 +41,6 @@ def eval_blocks(source, split, tokenizer, block_size, max_blocks=None, rank=0, w
                 text_options=None):
     """The first `max_blocks` blocks of a split in file order (no shuffle); rank r takes every N-th one."""
     if prepared_data is not None:
-        from .data import PreparedBlocks
-
         dataset = PreparedBlocks(prepared_data, split, block_size, endless=False, shuffle=False)
     else:
         dataset = PackedBlocks(source, split, tokenizer, block_size, sharding="blocks", shuffle_buffer=0, endless=False,
@@ -126,11 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     add_text_arguments(parser)
     args = parser.parse_args(argv)
-
-    from victorian_gpt.sources import DEFAULT_DATASET, load_text_dataset, text_options_from_args
-
-    from .finetune import context_length, load_for_eval
-
     dataset = args.dataset or DEFAULT_DATASET
     text_options = text_options_from_args(args)
     try:  # fail on the data, the model id/revision and the remote-code rule before loading any weights

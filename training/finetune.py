@@ -21,8 +21,14 @@ import json
 import os
 from pathlib import Path
 
-from spaces_app.textgen.loading import ADAPTER_CONFIG, is_local_model
-from spaces_app.textgen.loading import model_source as _model_source
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.pytorch_utils import Conv1D
+
+from victorian_gpt import PRESETS
+from victorian_gpt.utils.hub import ADAPTER_CONFIG, is_local_path
+from victorian_gpt.utils.hub import model_source as _model_source
 
 # LoRA's default targets: the attention and MLP projections of each layout we train or convert to.
 LORA_TARGETS = (
@@ -36,17 +42,12 @@ PEFT_MISSING = ("finetuning_type 'lora' needs peft (the Hugging Face LoRA librar
 
 def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False,
                  key: str = "model_name_or_path", trust_hint: str = "trust_remote_code: true, with revision") -> dict:
-    """The serving side's rule (spaces_app.textgen.loading.model_source), in fine-tuning's words; a local folder's
-    name comes back absolute, as the card and the training summary record it."""
+    """The project's remote-code rule (victorian_gpt.utils.hub.model_source), in fine-tuning's words; a local
+    folder's name comes back absolute, as the card and the training summary record it."""
     source = _model_source(name, revision, trust_remote_code, key=key, trust_hint=trust_hint)
     if source["local"]:
         source["name"] = str(Path(source["name"]).resolve())
     return source
-
-
-def context_length(model_config) -> int:
-    """The model's context (VictorianGPT's and GPT-2's `n_positions`; Llama's and Qwen3's `max_position_embeddings`)."""
-    return getattr(model_config, "n_positions", None) or model_config.max_position_embeddings
 
 
 def _dropout_key(key: str) -> bool:
@@ -56,10 +57,6 @@ def _dropout_key(key: str) -> bool:
 def check_start(config):
     """The starting model's config (with allowed overrides applied) and tokenizer, every contradiction an error.
     For LoRA: peft importable and `lora_target_modules` (resolved) each matching a module."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from victorian_gpt import PRESETS
-
     source = model_source(config.model_name_or_path, config.revision, config.trust_remote_code)
     name, trust = source["name"], source["trust_remote_code"]
     model_config = AutoConfig.from_pretrained(name, revision=config.revision, trust_remote_code=trust)
@@ -107,12 +104,9 @@ def check_start(config):
 
     if config.finetuning_type == "lora":
         try:
-            import peft  # noqa: F401
+            import peft  # noqa: F401  (optional: pip install 'victorian-gpt[lora]')
         except ImportError:
             raise ValueError(PEFT_MISSING) from None
-        import torch
-        from transformers import AutoModelForCausalLM
-
         with torch.device("meta"):  # module names without memory or compute
             skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust)
         lora_targets(skeleton, config.lora_target_modules)
@@ -121,9 +115,7 @@ def check_start(config):
 
 def _adaptable(model) -> list[str]:
     """Names of the modules LoRA can adapt (linear layers of either layout)."""
-    from torch import nn
-
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
 
 
 def lora_targets(model, wanted: list[str] | None) -> list[str]:
@@ -154,9 +146,6 @@ def _short(names: list[str]) -> str:
 
 def load_start_model(config, model_config):
     """The starting weights in fp32 (mixed precision autocasts; the master weights stay fp32), then LoRA."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     source = model_source(config.model_name_or_path, config.revision, config.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(source["name"], revision=config.revision, config=model_config,
                                                  trust_remote_code=source["trust_remote_code"], dtype=torch.float32)
@@ -166,11 +155,11 @@ def load_start_model(config, model_config):
 
 
 def apply_lora(model, config):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # optional: pip install 'victorian-gpt[lora]'
 
     targets = lora_targets(model, config.lora_target_modules)
     modules = dict(model.named_modules())
-    conv1d = any(type(m).__name__ == "Conv1D" for n, m in modules.items()
+    conv1d = any(isinstance(m, Conv1D) for n, m in modules.items()
                  if any(n == t or n.endswith("." + t) for t in targets))
     lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, target_modules=targets,
@@ -201,12 +190,10 @@ def is_peft_model(model) -> bool:
 def load_for_eval(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """(model, tokenizer) for `victorian-gpt eval`: an export or native folder, a Hub repo (the remote-code rule
     applies), or a LoRA adapter folder (its base loaded as its adapter_config.json names it, the adapter on top)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder = Path(os.path.expanduser(name))
-    if is_local_model(name) and (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+    if is_local_path(name) and (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
         try:
-            from peft import PeftModel
+            from peft import PeftModel  # optional: pip install 'victorian-gpt[lora]'
         except ImportError:
             raise ValueError(f"{name} is a LoRA adapter, which needs peft: pip install 'victorian-gpt[lora]'") from None
         adapter = json.loads((folder / ADAPTER_CONFIG).read_text())

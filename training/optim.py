@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers.pytorch_utils import Conv1D
+
+from victorian_gpt.utils.modeling import as_linear
 
 from .config import TrainingConfig
 
@@ -130,9 +133,7 @@ def _orientation(model, name: str, param) -> tuple[int, int]:
     """(out_features, in_features) of a 2-D weight whatever its storage: GPT-2's `Conv1D` stores (in, out),
     `nn.Linear` (out, in)."""
     module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    if type(module).__name__ == "Conv1D":
-        return param.shape[1], param.shape[0]
-    return param.shape[0], param.shape[1]
+    return tuple(as_linear(param, isinstance(module, Conv1D)).shape)
 
 
 def muon_lr_scale(model, name: str, param, adjust_lr_fn: str) -> float:

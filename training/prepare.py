@@ -12,9 +12,11 @@ import argparse
 import json
 import sys
 
-from victorian_gpt.sources import add_text_arguments
+from transformers import AutoTokenizer
 
-from .data import SHARD_TOKENS, prepare
+from victorian_gpt.sources import add_text_arguments, text_options_from_args
+
+from .shards import SHARD_TOKENS, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_books", type=int, default=None, help="per split (for trials)")
     add_text_arguments(parser)
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
-
-    from victorian_gpt.sources import text_options_from_args
-
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     options = text_options_from_args(args)
     meta = prepare(args.dataset, tokenizer, args.output, args.splits, args.shard_tokens, args.max_books,

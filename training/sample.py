@@ -15,12 +15,13 @@ import argparse
 import gzip
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from victorian_gpt.sources import DEFAULT_DATASET, PG19_FIELDS, load_text_dataset
+from victorian_gpt.utils.files import atomic_output
 
 SPLITS = ("train", "validation", "test")
 
@@ -58,8 +59,6 @@ def published_in(row: dict, years: tuple[int, int] | None) -> bool:
 
 def write_split(source: str, split: str, books: int, path: Path, years=None, max_chars=None) -> dict:
     """Stream the first `books` books of `split` (within `years`) into `path` (.jsonl.gz). Returns the split's facts."""
-    from tqdm.auto import tqdm
-
     rows = iter(load_text_dataset(source, split=split))
     facts = {"books": 0, "characters": 0, "bytes": 0, "titles": []}
     scanned = 0
@@ -121,9 +120,7 @@ def make_sample(source: str, output: str | os.PathLike, books: int, books_eval: 
     output = Path(output)
     if output.exists() and not (overwrite and output.is_dir()):
         raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_output(output) as tmp:
         facts = {
             split: write_split(source, split, books if split == "train" else books_eval, tmp / f"{split}.jsonl.gz",
                                years, max_chars)
@@ -131,20 +128,6 @@ def make_sample(source: str, output: str | os.PathLike, books: int, books_eval: 
         }
         command = command or f"python -m training.sample --dataset {source} --books {books} --output {output}"
         (tmp / "README.md").write_text(readme(source, command, facts, years, max_chars), encoding="utf-8")
-        umask = os.umask(0)  # mkdtemp's 0700 -> an ordinary folder
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {split: {k: v for k, v in f.items() if k != "titles"} for split, f in facts.items()}
 
 

@@ -9,20 +9,22 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+
 # subcommand -> ("module:function", one-line help). Each function takes the remaining argv and parses it itself.
 COMMANDS = {
     "tokenizer": ("victorian_gpt.tokenization:main", "train the byte-level BPE tokenizer on a PG19-format source"),
     "train": ("training.train:main", "train a model (run under `accelerate launch` for DDP / mixed precision)"),
     "eval": ("training.evaluate:main", "print loss, perplexity and bits per byte of a model on a split, as JSON"),
-    "generate": ("victorian_gpt.generation_cli:main", "generate text from a model (one prompt, a file, interactive)"),
-    "serve": ("spaces_app.server:main", "serve a model over Text Generation Inference's HTTP API"),
+    "generate": ("serving.generate:main", "generate text from a model (one prompt, a file, interactive)"),
+    "serve": ("serving.server:main", "serve a model over Text Generation Inference's HTTP API"),
     "convert": (
-        "victorian_gpt.convert:main",
+        "victorian_gpt.conversion.cli:main",
         "convert an export to a native transformers folder (no remote code) or a GGUF file for llama.cpp",
     ),
-    "card": ("hub_card.card:main", "write the model card README.md into an exported folder"),
-    "push": ("hub_card.publish:push_main", "publish an exported folder to the Hugging Face Hub"),
-    "push-space": ("hub_card.publish:push_space_main", "publish the Gradio demo as a Hugging Face Space"),
+    "card": ("hub.card:main", "write the model card README.md into an exported folder"),
+    "push": ("hub.publish:push_main", "publish an exported folder to the Hugging Face Hub"),
+    "push-space": ("hub.publish:push_space_main", "publish the Gradio demo as a Hugging Face Space"),
 }
 
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Train, evaluate, publish and serve VictorianGPT.",
         epilog="Run `victorian-gpt COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"victorian-gpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -43,12 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     module_name, function_name = target.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     return function(argv[1:]) or 0
-
-
-def _version() -> str:
-    from . import __version__
-
-    return f"victorian-gpt {__version__}"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from datasets import Features, IterableDataset, Value, load_dataset
+
+from .utils.hub import is_local_path
+
 DEFAULT_DATASET = "emozilla/pg19"  # a Parquet copy of deepmind/pg19 (same fields and splits) that streams
 SCRIPT_ONLY_DATASETS = {"deepmind/pg19", "pg19"}
 PG19_FIELDS = ("short_book_title", "publication_date", "url", "text")
@@ -182,8 +186,6 @@ def txt_splits(source: str, options: TextOptions | None = None) -> dict[str, lis
 
 
 def _txt_dataset(source: str, split: str, options: TextOptions | None):
-    from datasets import Features, IterableDataset, Value
-
     splits = txt_splits(source, options)
     if split not in splits:
         raise ValueError(f"{source} has no {split!r} split; it has {sorted(splits)}")
@@ -231,20 +233,13 @@ def load_text_dataset(source: str = DEFAULT_DATASET, split: str = "train", strea
     `source` is a Hub dataset id, a local folder in PG19 layout, one local file (then it is the only split), or
     `.txt` books (a folder or one file; read as `text_options` says). `.txt` sources always stream.
     """
-    from datasets import load_dataset
-
     if source in SCRIPT_ONLY_DATASETS:
         raise ValueError(
             f"{source!r} ships a Python loading script, which datasets >= 4 refuses ('Dataset scripts are no "
             f"longer supported'). Use {DEFAULT_DATASET!r}, a Parquet copy with the same fields and splits."
         )
     path = Path(os.path.expanduser(source))
-    # a Hub id is `name` or `namespace/name`; `data/pg19-sample` is a local path when `data/` is a local folder
-    looks_local = (
-        path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
-        or (len(path.parts) > 1 and path.parent.is_dir())
-    )
-    if looks_local:
+    if is_local_path(source):  # else a Hub id: `name` or `namespace/name`
         if not path.exists():
             raise FileNotFoundError(f"Dataset path {source!r} does not exist. {MISSING_DATASET_HINT}")
         if is_txt_source(source):

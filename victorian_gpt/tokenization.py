@@ -6,10 +6,17 @@ decoder undoes the byte-to-unicode mapping. `<|endoftext|>` separates books and 
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
+
+from .sources import DEFAULT_DATASET, add_text_arguments, load_text_dataset, text_options_from_args
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -77,12 +84,6 @@ def train_tokenizer_from_source(
 ) -> PreTrainedTokenizerFast:
     """Stream `split` of a text source (Hub id, local PG19-format path or .txt books) into the trainer and save the
     result. `text_options`: how .txt books are read and split (`sources.TextOptions`)."""
-    from itertools import islice
-
-    from tqdm.auto import tqdm
-
-    from .sources import load_text_dataset
-
     dataset = load_text_dataset(source, split=split, text_options=text_options)
     books = tqdm(islice(dataset, max_books), desc="tokenizer: books", unit="book", total=max_books)
     texts = (row["text"] for row in books)
@@ -94,9 +95,6 @@ def train_tokenizer_from_source(
 def save_tokenizer(tokenizer, output_dir: str) -> None:
     """`save_pretrained`, naming the class `PreTrainedTokenizerFast`: transformers 5 writes its new name
     `TokenizersBackend`, which transformers 4.x cannot resolve; both versions load the old name."""
-    import json
-    import os
-
     tokenizer.save_pretrained(output_dir)
     path = os.path.join(output_dir, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
@@ -111,10 +109,6 @@ def save_tokenizer(tokenizer, output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from .sources import add_text_arguments
-
     parser = argparse.ArgumentParser(
         prog="victorian-gpt tokenizer", description="Train a byte-level BPE tokenizer on PG19-format text."
     )
@@ -128,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-max-length", type=int, default=2048)
     add_text_arguments(parser)
     args = parser.parse_args(argv)
-    from .sources import DEFAULT_DATASET, load_text_dataset, text_options_from_args
-
     try:  # a missing path, no .txt files, an empty or binary book: one line, before any training
         load_text_dataset(args.dataset or DEFAULT_DATASET, split=args.split, text_options=text_options_from_args(args))
     except (ValueError, FileNotFoundError) as error:

@@ -1,22 +1,17 @@
 """Model loading: a Hub id or a local folder, through transformers' Auto classes, in the precision chosen for the
-hardware (`--dtype auto`), running a repository's own code only when that is safe or asked for.
-
-Remote code. A model whose config.json has `auto_map` runs its own Python when loaded. A native model (no
-`auto_map`: e.g. what `victorian-gpt convert --to transformers` writes) loads with `trust_remote_code=False`. A
-remote-code local folder is trusted (its code is on your disk, as the export wrote it); a remote-code Hub repo needs
-`trust_remote_code=True` (`--trust-remote-code`, `TRUST_REMOTE_CODE=1` in the Space), best with the revision pinned
-to a commit hash so that the code cannot change after it was read. Otherwise loading stops with a one-line error
-before anything is downloaded but config.json. The fine-tuning and evaluation code applies the same rule.
+hardware (`--dtype auto`), running a repository's own code only when that is safe or asked for (the project's one
+remote-code rule: `victorian_gpt.utils.hub.model_source`). `add_model_arguments` spells the loading flags once for
+every command-line front end.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import argparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from victorian_gpt.utils.hub import model_source
 
 from .compiled import compile_decode
 from .int8 import quantize_int8
@@ -77,66 +72,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device, m
 
 
 
-def is_local_model(name: str) -> bool:
-    """A path (existing, or spelt as one) rather than a Hub id."""
-    path = Path(os.path.expanduser(name))
-    return path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-ADAPTER_CONFIG = "adapter_config.json"  # what a peft (LoRA) adapter folder holds instead of config.json
-
-
-def model_source(name: str, revision: str | None = None, trust_remote_code: bool = False, *, key: str = "",
-                 trust_hint: str = "--trust-remote-code (TRUST_REMOTE_CODE=1 in the Space), with --revision") -> dict:
-    """Read `name`'s config.json (a local folder, or the Hub through `hf_hub_download`, which honours HF_HUB_OFFLINE
-    and the Hub cache) and apply the remote-code rule. Returns {"name", "local", "config", "trust_remote_code"};
-    raises a one-line ValueError (or FileNotFoundError) before any weights or code are fetched.
-
-    The Space, the server, the CLI and fine-tuning share this rule; `key` names the setting in their messages
-    (e.g. "model_name_or_path") and `trust_hint` how to say yes (ending with how to pin a revision)."""
-    label = f"{key} {name!r}" if key else repr(name)
-    if is_local_model(name):
-        folder = Path(os.path.expanduser(name))
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{label}: no such folder (nor a Hub model id)")
-        if not (folder / "config.json").is_file():
-            hint = (" (it holds a LoRA adapter: start from its base model, named in adapter_config.json)"
-                    if (folder / ADAPTER_CONFIG).is_file() else "")
-            raise FileNotFoundError(f"{label} has no config.json: not a model folder{hint}")
-        config = json.loads((folder / "config.json").read_text())
-        return {"name": str(folder), "local": True, "config": config, "trust_remote_code": "auto_map" in config}
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    at = f" at revision {revision!r}" if revision else ""
-    try:
-        path = hf_hub_download(name, "config.json", revision=revision)
-    except HFValidationError as error:
-        raise ValueError(f"{label} is neither a local folder nor a valid Hub model id ({error})") from None
-    except LocalEntryNotFoundError:
-        raise ValueError(f"{label}{at} is not in the local Hub cache and the Hub cannot be reached "
-                         "(offline: HF_HUB_OFFLINE=1?); check the id and revision, or download it first") from None
-    except RevisionNotFoundError:
-        raise ValueError(f"{label} has no revision {revision!r} on the Hub") from None
-    except RepositoryNotFoundError:
-        raise ValueError(f"{label} is not a model repository on the Hub (or it is private or gated: log in with "
-                         "`hf auth login`)") from None
-    except EntryNotFoundError:
-        raise ValueError(f"{label}{at} has no config.json: not a transformers model") from None
-    config = json.loads(Path(path).read_text())
-    remote = "auto_map" in config
-    if remote and not trust_remote_code:
-        raise ValueError(f"{label} runs its own code (config.json has auto_map): read it, then pass {trust_hint} "
-                         "pinned to a commit hash so the code cannot change under you")
-    return {"name": name, "local": False, "config": config, "trust_remote_code": remote}
-
-
 def _config_dtype(config: dict) -> torch.dtype:
     dtype = config.get("dtype") or config.get("torch_dtype")
     dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else None
@@ -182,3 +117,25 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
         why += "; generate() decodes through torch.compile"
     model.serving_dtype = f"{str(model.dtype).removeprefix('torch.')} ({why})"
     return model, tokenizer
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The positional `model` and the flags that choose how it is loaded, as `victorian-gpt generate` and
+    `victorian-gpt serve` both take them (`load_model_from_args` reads them back)."""
+    parser.add_argument("model", help="Hub repo id or local folder of an exported model")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="auto: bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise "
+                             "the model's own dtype; float32: the exact path (default: %(default)s)")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                        help="int8: int8 weights and per-token int8 activations, the CPU path")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit hash)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a Hub model whose config.json has auto_map run its own code (pin --revision to a "
+                             "commit hash); a native model needs none, and a local folder's code is trusted")
+
+
+def load_model_from_args(args: argparse.Namespace, **options):
+    """`load_model` as the flags of `add_model_arguments` (and `options`, e.g. torch_compile) ask."""
+    return load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                      revision=args.revision, trust_remote_code=args.trust_remote_code, **options)

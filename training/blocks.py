@@ -17,14 +17,16 @@ The stream is endless (epoch after epoch, reshuffled) and deterministic given (s
 exact and takes constant time: each checkpoint holds every rank's stream state (`PackedBlocks.state_dict()`: the
 `datasets` position after the last book used, the partial book, the block shuffle buffer and its generator), so a
 resumed run reads on from there instead of re-reading what it had trained on.
-For runs where on-the-fly tokenization would starve the accelerators, `prepare` writes uint16 token shards once
-(`python -m training.prepare`), read back by memmap with O(1) resume.
+For runs where on-the-fly tokenization would starve the accelerators, `shards.prepare` writes uint16 token shards once
+(`python -m training.prepare`), read back by memmap with O(1) resume (`shards.PreparedBlocks`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from itertools import islice
@@ -32,13 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, IterableDataset
 
 from victorian_gpt.sources import load_text_dataset
 
 TOKENIZE_BATCH_BOOKS = 8  # books per `encode_batch_fast` call: the Rust tokenizer parallelises across a batch
-SHARD_TOKENS = 100_000_000  # tokens per prepared uint16 shard (200 MB)
-PREPARED_META = "prepared.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -109,72 +110,6 @@ def shuffle_blocks(blocks: Iterator, buffer_size: int, rng: np.random.Generator)
     yield from buffer
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: the printable character standing for each byte, inverted."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-def token_bytes(tokenizer) -> list[bytes]:
-    """The UTF-8 bytes of the text each token id stands for (b"" for special tokens).
-
-    Our tokenizer is byte-level BPE: each character of a token's string stands for one byte of the original text.
-    """
-    vocab = tokenizer.get_vocab()
-    out = [b""] * (max(vocab.values()) + 1)
-    special = set(tokenizer.all_special_ids)
-    byte_level = type(tokenizer.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel"
-    decoder = _byte_decoder()
-    for token, index in vocab.items():
-        if index in special:
-            continue
-        if byte_level and all(c in decoder for c in token):
-            out[index] = bytes(decoder[c] for c in token)
-        else:
-            out[index] = tokenizer.convert_tokens_to_string([token]).encode()
-    return out
-
-
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (0 for special tokens), for the tokenizer-independent bits per byte."""
-    return np.array([len(b) for b in token_bytes(tokenizer)], dtype=np.int64)
-
-
-WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")  # what `bytes.split()` splits on
-
-
-def token_word_tables(tokenizer) -> np.ndarray:
-    """Per token id, for counting the words of the text a run of tokens stands for (PG19's word-level perplexity).
-
-    A word is a maximal run of non-whitespace bytes (whitespace: space, tab, newline, CR, VT, FF; `bytes.split()`,
-    which for PG19's text gives the same count as `str.split()`). Row 0: words starting inside the token (after its
-    first byte); row 1: 1 if its first byte is not whitespace (it starts a word when the previous token ends in
-    whitespace); row 2: 1 if its last byte is whitespace. Special tokens (EOS between books) count as whitespace.
-    """
-    rows = []
-    for b in token_bytes(tokenizer):
-        if not b:
-            rows.append((0, 0, 1))
-            continue
-        inner = sum(1 for i in range(1, len(b)) if b[i] not in WHITESPACE and b[i - 1] in WHITESPACE)
-        rows.append((inner, int(b[0] not in WHITESPACE), int(b[-1] in WHITESPACE)))
-    return np.array(rows, dtype=np.int64).T
-
-
-def count_words(blocks: np.ndarray, tables: np.ndarray) -> int:
-    """Words of the original text that start in the predicted tokens (targets `blocks[:, 1:]`) of `blocks`."""
-    blocks = np.clip(np.asarray(blocks), 0, tables.shape[1] - 1)
-    targets, previous = blocks[:, 1:], blocks[:, :-1]
-    return int(tables[0][targets].sum() + (tables[1][targets] & tables[2][previous]).sum())
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # the streaming dataset
 #
@@ -221,8 +156,6 @@ class BookReader(IterableDataset):
     def _dataset(self):
         dataset = load_text_dataset(self.source, split=self.split, text_options=self.text_options)
         if self.sharding == "books" and self.world_size > 1:
-            from datasets.distributed import split_dataset_by_node
-
             dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
         return dataset
 
@@ -434,62 +367,6 @@ def load_data_state(folder, rank: int) -> dict | None:
         return {"meta": json.loads(str(data["meta"])), **{k: data[k] for k in data.files if k != "meta"}}
 
 
-class PreparedBlocks(IterableDataset):
-    """The same stream as `PackedBlocks`, read from uint16 shards written by `prepare` (memmap, O(1) skip).
-
-    Blocks are the consecutive `block_size + 1` windows of each shard; each epoch visits them in a fresh random
-    permutation (a full shuffle is free here); rank r keeps positions j % world_size == r. Its state is the number
-    of blocks yielded (`state_dict()`), from which it resumes in O(1).
-    """
-
-    def __init__(self, folder, split, block_size, rank=0, world_size=1, seed=0, skip_blocks=0, endless=True,
-                 shuffle=True):
-        meta = read_prepared_meta(folder)
-        if split not in meta["splits"]:
-            raise ValueError(f"prepared data {folder} has no {split!r} split; it has {sorted(meta['splits'])}")
-        self.files = [Path(folder) / f for f in meta["splits"][split]["files"]]
-        self.block_size, self.rank, self.world_size = block_size, rank, world_size
-        self.seed, self.skip_blocks, self.endless, self.shuffle = seed, skip_blocks, endless, shuffle
-        self.consumed = skip_blocks
-        length = block_size + 1
-        counts = [os.path.getsize(f) // 2 // length for f in self.files]
-        self.offsets = np.cumsum([0] + counts)  # block index -> (shard, position)
-        self.per_rank = int(self.offsets[-1]) // world_size  # equal counts per rank: every rank steps in lockstep
-        if self.per_rank == 0:
-            raise ValueError(f"prepared data {folder} ({split}) has fewer than {world_size} blocks of {length} tokens")
-
-    def state_dict(self) -> dict:
-        return {"meta": {"kind": "prepared", "blocks": self.consumed, "rank": self.rank,
-                         "world_size": self.world_size, "block_size": self.block_size, "seed": self.seed}}
-
-    def load_state_dict(self, state: dict):
-        meta = state["meta"]
-        now = {"kind": "prepared", "rank": self.rank, "world_size": self.world_size, "block_size": self.block_size,
-               "seed": self.seed}
-        if any(meta.get(k) != v for k, v in now.items()):
-            raise ValueError(f"the checkpoint's data stream was written with other settings: {meta} (now {now})")
-        self.skip_blocks = self.consumed = meta["blocks"]
-
-    def __iter__(self):
-        shards = [np.memmap(f, dtype=np.uint16, mode="r") for f in self.files]
-        length = self.block_size + 1
-        epoch, start = divmod(self.skip_blocks, self.per_rank)
-        self.consumed = self.skip_blocks
-        while True:
-            total = int(self.offsets[-1])
-            order = np.random.default_rng([self.seed, epoch]).permutation(total) if self.shuffle else np.arange(total)
-            mine = order[self.rank :: self.world_size][: self.per_rank]
-            for block_index in mine[start:]:
-                shard = int(np.searchsorted(self.offsets, block_index, side="right")) - 1
-                pos = (int(block_index) - int(self.offsets[shard])) * length
-                block = torch.from_numpy(shards[shard][pos : pos + length].astype(np.int64))
-                self.consumed += 1
-                yield {"input_ids": block, "book": -1}
-            if not self.endless:
-                return
-            epoch, start = epoch + 1, 0
-
-
 def collate(items):
     return {
         "input_ids": torch.stack([item["input_ids"] for item in items]),
@@ -529,9 +406,6 @@ def _worker_ignores_signals(worker_id):
     schedulers signal every process of a job). Were it to die, torch would raise "DataLoader worker is killed by
     signal" in the training process in the middle of its checkpoint save. The training process handles the signal
     (finish the step, save, exit); the worker is shut down by its DataLoader, or leaves when its parent is gone."""
-    import signal
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
@@ -542,64 +416,3 @@ def _worker_ignores_signals(worker_id):
         os._exit(0)
 
     threading.Thread(target=leave_with_parent, daemon=True).start()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# prepare: pre-tokenize into uint16 shards
-
-
-def read_prepared_meta(folder) -> dict:
-    path = Path(folder) / PREPARED_META
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a prepared dataset (no {PREPARED_META}); run `python -m training.prepare`")
-    return json.loads(path.read_text())
-
-
-def prepare(source: str, tokenizer, output_dir, splits=("train", "validation", "test"),
-            shard_tokens: int = SHARD_TOKENS, max_books: int | None = None, text_options=None) -> dict:
-    """Tokenize each split of `source` once into `{split}-NNNNN.bin` uint16 shards (EOS after every book)."""
-    from tqdm.auto import tqdm
-
-    if len(tokenizer) > 65536:
-        raise ValueError(f"uint16 shards hold ids < 65536; this tokenizer has {len(tokenizer)} tokens")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"source": source, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "splits": {}}
-    if text_options is not None:
-        meta["text_options"] = dict(text_options)
-    for split in splits:
-        try:
-            dataset = load_text_dataset(source, split=split, text_options=text_options)
-        except ValueError as error:
-            if f"no {split!r} split" in str(error):
-                continue
-            raise
-        from itertools import islice
-
-        texts = texts_of(islice(dataset, max_books), f"{source} ({split})")
-        files, books, tokens = [], 0, 0
-        buffer, filled = np.empty(shard_tokens, dtype=np.uint16), 0
-
-        def flush():
-            nonlocal filled
-            name = f"{split}-{len(files):05d}.bin"
-            tmp = output_dir / (name + ".tmp")
-            buffer[:filled].tofile(tmp)
-            os.replace(tmp, output_dir / name)
-            files.append(name)
-            filled = 0
-
-        for ids in tqdm(token_stream(texts, tokenizer, tokenizer.eos_token_id), desc=f"prepare {split}", unit="book"):
-            books += 1
-            tokens += len(ids)
-            while len(ids):
-                take = min(len(ids), shard_tokens - filled)
-                buffer[filled : filled + take] = ids[:take]
-                filled, ids = filled + take, ids[take:]
-                if filled == shard_tokens:
-                    flush()
-        if filled:
-            flush()
-        meta["splits"][split] = {"files": files, "books": books, "tokens": tokens}
-    (output_dir / PREPARED_META).write_text(json.dumps(meta, indent=2))
-    return meta

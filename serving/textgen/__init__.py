@@ -44,7 +44,8 @@ through the Auto classes, as a downloaded Space would). One concern per file:
 
     params.py      request parameters and their validation (TGI's rules): Limits, GenerationParameters, prepare_request
     errors.py      ValidationError, GenerationError, Overloaded
-    loading.py     load_model: the dtype for the hardware (--dtype auto), the remote-code rule
+    loading.py     load_model: the dtype for the hardware (--dtype auto), the remote-code rule applied;
+                   the loading flags of the command-line front ends
     int8.py        Int8Linear, quantize_int8
     kernels.py     the decode kernels (decode_kernels.cpp, built at first use): int8 and bf16 products of a few rows
     compiled.py    generate()'s decode step through a static KV cache and torch.compile: compile_decode
@@ -58,13 +59,22 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     prefix_cache.py  the KV of recently prefilled prompt openings (PrefixCache)
 """
 
+from .compiled import compile_decode
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
-from .compiled import compile_decode
-from .kernels import BF16_KERNEL_MAX_ROWS, INT8_KERNEL_MAX_ROWS, bf16_kernel_native, decode_kernels_available
 from .int8 import Int8Linear, quantize_int8
+from .kernels import BF16_KERNEL_MAX_ROWS, INT8_KERNEL_MAX_ROWS, bf16_kernel_native, decode_kernels_available
+from .loading import (
+    DTYPE_CHOICES,
+    QUANTIZE_CHOICES,
+    add_model_arguments,
+    load_model,
+    load_model_from_args,
+    model_source,
+    native_bf16,
+    resolve_dtype,
+)
 from .packed import PackedLinear, pack_bf16, packing_available
-from .loading import DTYPE_CHOICES, QUANTIZE_CHOICES, load_model, model_source, native_bf16, resolve_dtype
 from .params import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_STOP_SEQUENCES,
@@ -90,11 +100,11 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BatchedGeneration", "CancelCriteria", "BF16_KERNEL_MAX_ROWS", "INT8_KERNEL_MAX_ROWS", "bf16_kernel_native",
+    "AsyncTokenStreamer", "add_model_arguments", "BatchedGeneration", "CancelCriteria", "BF16_KERNEL_MAX_ROWS", "INT8_KERNEL_MAX_ROWS", "bf16_kernel_native",
     "compile_decode", "decode_kernels_available", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
     "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Limits",
     "MAX_STOP_SEQUENCES", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
     "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
-    "context_length", "control_parameters", "generate_text", "load_model", "model_source", "native_bf16",
+    "context_length", "control_parameters", "generate_text", "load_model", "load_model_from_args", "model_source", "native_bf16",
     "pack_bf16", "packing_available", "prepare_request", "quantize_int8", "resolve_dtype", "sampling_defaults", "sampling_warpers",
 ]

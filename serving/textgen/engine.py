@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 import threading
@@ -149,6 +150,13 @@ class Engine:
             self._incoming.append(generation)
             self._cond.notify()
         return generation
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold the engine between two steps while the block runs: the requests submitted in it are all taken at the
+        next step, in the order submitted, so a batch is made up exactly (tests, benchmarks) rather than by timing."""
+        with self._cond:  # the engine thread takes this lock before each step; submit() re-enters it
+            yield self
 
     def in_flight(self) -> int:
         """Requests submitted and not finished (queued, prefilling or decoding)."""

@@ -5,7 +5,7 @@
     victorian-gpt generate MODEL --interactive
 
 Sampling defaults are the model's own (`generation_config.json`); the flags override them. Generation itself is the
-serving code's (the package spaces_app/textgen/), so the CLI, the Space and the TGI server validate and sample
+engine's (serving/textgen/), so the CLI, the Space and the TGI server validate and sample
 identically: `--prompt` and `--interactive` run `generate()` for their one request; `--prompts-file` puts all its
 prompts through the batching engine (`textgen.Engine`), which decodes up to `--batch-size` of them together. `--dtype
 auto` (the default) is bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise the model's own
@@ -20,6 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from tqdm.auto import tqdm
+
+from . import textgen
 
 HELP_INTERACTIVE = """Type an opening and press Enter to continue it. Commands:
   /temperature T      set the temperature (e.g. /temperature 0.8)
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="victorian-gpt generate",
         description="Generate text with a VictorianGPT model (an exported folder or a Hub repo id).",
     )
-    parser.add_argument("model", help="Hub repo id or local folder of an exported model")
+    textgen.add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the opening to continue")
     source.add_argument("--prompts-file", help="a text file with one prompt per line; writes JSON Lines")
@@ -53,19 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="with --prompts-file: write the JSON Lines here instead of stdout")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="with --prompts-file: prompts decoded together at most (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="auto: bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise "
-                             "the model's own dtype; float32: the exact path (default: %(default)s)")
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit hash)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let a Hub model whose config.json has auto_map run its own code (pin --revision to a "
-                             "commit hash); a native model needs none, and a local folder's code is trusted")
-    parser.add_argument("--quantize", choices=["int8"], default=None,
-                        help="int8: int8 weights and per-token int8 activations, the CPU path")
     parser.add_argument("--torch-compile", action="store_true",
                         help="decode through a static KV cache and torch.compile (--prompt, --interactive): the "
-                             "first continuation compiles (about half a minute on 2 cores), the next ones are faster")
+                             "first continuation compiles (tens of seconds on a small CPU), the next ones are faster")
     return parser
 
 
@@ -75,12 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print("victorian-gpt generate: --torch-compile compiles generate()'s decode step (--prompt, --interactive); "
               "--prompts-file runs the batching engine, which it does not compile", file=sys.stderr)
         return 2
-    from spaces_app import textgen
-
     try:
-        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                                              revision=args.revision, trust_remote_code=args.trust_remote_code,
-                                              torch_compile=args.torch_compile)
+        model, tokenizer = textgen.load_model_from_args(args, torch_compile=args.torch_compile)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("victorian-gpt generate: --batch-size must be at least 1", file=sys.stderr)
         return 2
-    session = Session(textgen, model, tokenizer, limits, settings, batch_size=args.batch_size)
+    session = Session(model, tokenizer, limits, settings, batch_size=args.batch_size)
     try:
         if args.interactive:
             return session.interactive()
@@ -112,18 +102,18 @@ def main(argv: list[str] | None = None) -> int:
 class Session:
     """The loaded model plus the current settings (which the interactive loop changes in place)."""
 
-    def __init__(self, textgen, model, tokenizer, limits, settings: dict, batch_size: int = 32):
-        self.textgen, self.model, self.tokenizer, self.limits, self.settings = textgen, model, tokenizer, limits, settings
+    def __init__(self, model, tokenizer, limits, settings: dict, batch_size: int = 32):
+        self.model, self.tokenizer, self.limits, self.settings = model, tokenizer, limits, settings
         self.batch_size = batch_size
 
     def prepare(self, prompt: str, settings: dict | None = None):
         """(input_ids, params) for `prompt` under `settings` (default: the current ones); raises ValidationError."""
-        parameters = self.textgen.control_parameters(**(self.settings if settings is None else settings))
-        return self.textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
+        parameters = textgen.control_parameters(**(self.settings if settings is None else settings))
+        return textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
 
     def start(self, prompt: str):
         input_ids, params = self.prepare(prompt)
-        return self.textgen.Generation(self.model, self.tokenizer, input_ids, params)
+        return textgen.Generation(self.model, self.tokenizer, input_ids, params)
 
     def one(self, prompt: str, stream: bool) -> int:
         with self.start(prompt) as generation:
@@ -148,14 +138,12 @@ class Session:
         for number, prompt in enumerate(prompts, 1):
             try:
                 self.prepare(prompt)
-            except self.textgen.ValidationError as error:
-                raise self.textgen.ValidationError(f"{path}, prompt {number}: {error}") from None
-        from tqdm.auto import tqdm
-
+            except textgen.ValidationError as error:
+                raise textgen.ValidationError(f"{path}, prompt {number}: {error}") from None
         out = open(output, "w", encoding="utf-8") if output else sys.stdout
         # All prompts go to one engine, which decodes up to `batch_size` of them together; records are written in
         # the file's order as each completes.
-        engine = self.textgen.Engine(self.model, self.tokenizer, limits=self.limits, max_batch_size=self.batch_size,
+        engine = textgen.Engine(self.model, self.tokenizer, limits=self.limits, max_batch_size=self.batch_size,
                                      max_concurrent_requests=max(1, len(prompts)), timeout=None)
         generations = []
         try:
@@ -213,7 +201,7 @@ class Session:
                 continue
             try:
                 generation = self.start(line)
-            except self.textgen.ValidationError as error:
+            except textgen.ValidationError as error:
                 print(f"error: {error}")
                 continue
             try:

@@ -1,6 +1,6 @@
 """The decode kernels (`decode_kernels.cpp`): matrix products for a few rows, what a decode step multiplies, faster
-than PyTorch's general ones on a CPU where one row reads every weight once (README, "Decode kernels and a compiled
-step").
+than PyTorch's general ones on a CPU where one row reads every weight once (docs/generation-engine.md; their
+measured crossovers against PyTorch's kernels are in docs/benchmarks/).
 
 Built at first use with `torch.utils.cpp_extension` (a C++ compiler and ninja; torch caches the build on disk, so
 each machine compiles once), registered as `torch.ops.victorian_gpt.int8_linear` and `bf16_gemm_nt`, with shape
@@ -19,11 +19,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Up to this many rows per call the kernels, beyond PyTorch's. The 49 matrices of a 124M step on 2 cores, medians of
-# 7 alternating runs, ms, kernel against PyTorch's (a microbenchmark of the operators alone): int8 3.7/10.0 at 1 row,
-# 5.3/10.2 at 3, 10.2/12.0 at 8, 12.7/11.7 at 12; bf16 8.3/15.9 at 1, 14.7/16.4 at 4, 19.7/17.6 at 6. Each block of
-# weight rows is read from memory once for all the rows; a bf16 row costs more arithmetic (dpbf16 multiplies 32 pairs
-# per instruction, dpbusd 64).
+# Up to this many rows per call the kernels, beyond PyTorch's: where the measured crossover lies (docs/benchmarks/).
+# Each block of weight rows is read from memory once for all the rows, so a few rows cost little more than one; a bf16
+# row costs more arithmetic than an int8 one (dpbf16 multiplies 32 pairs per instruction, dpbusd 64), hence fewer rows.
 INT8_KERNEL_MAX_ROWS = 8
 BF16_KERNEL_MAX_ROWS = 4
 _state: dict = {}
@@ -50,9 +48,9 @@ def bf16_kernel_native() -> bool:
 
 
 def _build():
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # only when building: it takes a second to import
 
-    try:  # the pip package's ninja, also when its virtualenv's bin/ is not on PATH
+    try:  # the pip package's ninja, also when its virtualenv's bin/ is not on PATH (a Space may lack it)
         import ninja
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")

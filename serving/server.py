@@ -32,23 +32,20 @@ import asyncio
 import json
 import logging
 import sys
-
-import torch
 from contextlib import asynccontextmanager
 
+import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-try:
-    from spaces_app import textgen
-except ImportError:  # uploaded beside the textgen/ package (a Space or a bare copy)
-    import textgen
+from victorian_gpt import __version__
+
+from . import textgen
 
 logger = logging.getLogger("victorian_gpt.serving")
-
-VERSION = "0.1.0"
 
 
 class Parameters(BaseModel):
@@ -138,7 +135,7 @@ class TGIServer:
             **batching,
             "quantize": getattr(self.model, "quantization", None),
             "router": "victorian-gpt",
-            "version": VERSION,
+            "version": __version__,
             "sha": None,
             "docker_label": None,
         }
@@ -297,7 +294,7 @@ def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None
         yield
         server.close()  # in flight requests end with an error event; the engine thread stops
 
-    app = FastAPI(title="VictorianGPT — Text Generation Inference API", version=VERSION, lifespan=lifespan)
+    app = FastAPI(title="VictorianGPT — Text Generation Inference API", version=__version__, lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(RequestValidationError)
@@ -355,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="victorian-gpt serve",
         description="Serve a model over Text Generation Inference's HTTP API (/generate, /generate_stream, /info).",
     )
-    parser.add_argument("model", help="Hub repo id or local folder of an exported model")
+    textgen.add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
     parser.add_argument("--max-input-tokens", type=int, default=None,
@@ -384,28 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--engine", choices=ENGINES, default="batch",
                           help="batch: one batching engine for all requests; threads: a generate() thread per request "
                                "(the former server, for comparison) (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=textgen.DTYPE_CHOICES, default="auto",
-                        help="auto: bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise "
-                             "the model's own dtype; float32: the exact path (default: %(default)s)")
-    parser.add_argument("--quantize", choices=textgen.QUANTIZE_CHOICES, default=None,
-                        help="int8: int8 weights and per-token int8 activations, the CPU path")
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let a Hub model whose config.json has auto_map run its own code (pin --revision to a "
-                             "commit hash); a native model needs none, and a local folder's code is trusted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import uvicorn
-
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        model, tokenizer = textgen.load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                                              quantize=args.quantize, trust_remote_code=args.trust_remote_code)
+        model, tokenizer = textgen.load_model_from_args(args)
         limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)

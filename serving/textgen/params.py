@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from transformers import GenerationConfig
 
+from victorian_gpt.utils.modeling import context_length as model_context_length
+
 from .errors import ValidationError
 
 DEFAULT_MAX_NEW_TOKENS = 100  # what TGI generates when a request names no `max_new_tokens`
@@ -16,8 +18,9 @@ MAX_STOP_SEQUENCES = 4  # TGI's `--max-stop-sequences` default
 
 
 def context_length(model, tokenizer) -> int:
-    """Tokens the model can attend to: prompt plus generated text must fit in it."""
-    return int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
+    """Tokens the model can attend to (the tokenizer's `model_max_length` for a config that names none): prompt plus
+    generated text must fit in it."""
+    return model_context_length(model.config, default=tokenizer.model_max_length)
 
 
 def sampling_defaults(generation_config: GenerationConfig) -> dict:

@@ -32,9 +32,8 @@
 namespace {
 
 // Each 64-byte piece of a weight row is prefetched this many blocks of rows ahead of its use (a prefetch never faults,
-// also beyond the weight's end). The hardware's prefetchers follow one stream well, eight interleaved ones less so:
-// the 49 matrices of a 124M step at one row, 2 cores, int8 7.2 -> 4.7 ms, bf16 12.4 -> 9.5 ms (1 or 4 blocks ahead
-// measured within the noise of 2).
+// also beyond the weight's end). The hardware's prefetchers follow one stream well, eight interleaved ones less so
+// (what prefetching buys, and why two blocks: docs/benchmarks/).
 constexpr int kPrefetchBlocks = 2;
 
 // Int8Linear's per-row quantizing: scale max|x| / 127 (at least 1e-12), x / scale rounded half to even, as its PyTorch

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from victorian_gpt.utils.modeling import linear_weight
+
 from .kernels import INT8_KERNEL_MAX_ROWS, decode_kernels_available
-from .layers import linear_weight, replace_linear_layers
+from .layers import replace_linear_layers
 
 
 class Int8Linear(nn.Module):
@@ -18,9 +20,9 @@ class Int8Linear(nn.Module):
 
     Weights are quantized once, symmetrically per output channel; activations at each call, symmetrically per token
     (per row), so a sequence's result does not depend on what else is in the batch: the integer product is exact.
-    Measured on a 2-core CPU, weight-only int8 was slower than fp32 in eager PyTorch (torchao dequantizes the whole
-    matrix per call; `torch._weight_int8pack_mm` is slow with fp32 activations), while this reads 4x fewer bytes than
-    fp32: see bench/bench_int8.py and bench/bench_decode.py.
+    Weight-only int8 is no faster than fp32 in eager PyTorch (torchao dequantizes the whole matrix per call;
+    `torch._weight_int8pack_mm` is slow with fp32 activations), while this reads a quarter of fp32's bytes: see
+    bench/bench_int8.py and bench/bench_decode.py, and their figures in docs/benchmarks/.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: bool = True):

@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, SpaceCard, SpaceCardData, get_token
-from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+
+from victorian_gpt.sources import DEFAULT_DATASET
 
 from .card import ExportError, build_card, check_card, missing_files
 from .native_card import build_native_card, is_native_folder, missing_native_files
@@ -210,12 +212,22 @@ def _on_hub(prog: str, api: HfApi, requests):
         return 1, None
 
 
-def _default_space_dir() -> Path:
-    # Locate the `spaces_app` package without importing it (its app pulls in gradio and the model stack).
-    spec = importlib.util.find_spec("spaces_app")
+def _package_dir(name: str) -> Path:
+    """Where an installed top-level package of this project lives, found without importing it (the Space's app pulls
+    in gradio and the model stack)."""
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise PublishError("cannot find the spaces_app package; pass --space-dir")
+        raise PublishError(f"cannot find the {name} package; pass --space-dir")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def space_bundle() -> list[tuple[str, Path]]:
+    """The project's Space as it is uploaded: spaces_app/ (app.py, requirements.txt), with beside it a copy of the
+    generation engine (serving/textgen/, as textgen/) and of the shared rules it loads models by
+    (victorian_gpt/utils/), so that the Space runs without the package installed. (path in the repo, file) pairs."""
+    parts = [("", _package_dir("spaces_app")), ("textgen/", _package_dir("serving") / "textgen"),
+             ("victorian_gpt/utils/", _package_dir("victorian_gpt") / "utils")]
+    return [(prefix + f.as_posix(), folder / f) for prefix, folder in parts for f in _folder_files(folder)]
 
 
 def load_space_card(space_dir: Path) -> SpaceCard:
@@ -231,15 +243,21 @@ def load_space_card(space_dir: Path) -> SpaceCard:
     return card
 
 
-def plan_space_upload(space_dir: Path) -> tuple[list[Path], SpaceCard]:
-    """The Space's files (bar README.md) and its card; raise PublishError if the app could not run."""
-    if not space_dir.is_dir():
+def plan_space_upload(space_dir: Path | None = None) -> tuple[list[tuple[str, Path]], SpaceCard]:
+    """The Space's files (bar README.md) as (path in the repo, file) pairs, and its card: `space_dir` as it is, or
+    by default the project's Space bundle (`space_bundle`). Raises PublishError if the app could not run."""
+    if space_dir is None:
+        files, readme_dir = space_bundle(), _package_dir("spaces_app")
+    elif not space_dir.is_dir():
         raise PublishError(f"{space_dir} is not a folder")
-    files = [f for f in _folder_files(space_dir) if f.suffix != ".pyc" and f.as_posix() != CARD_FILE]
-    card = load_space_card(space_dir)
+    else:
+        files, readme_dir = [(f.as_posix(), space_dir / f) for f in _folder_files(space_dir)], space_dir
+    files = [(name, path) for name, path in files if not name.endswith(".pyc") and name != CARD_FILE]
+    card = load_space_card(readme_dir)
+    names = {name for name, _ in files}
     for needed in (card.data.app_file, "requirements.txt"):
-        if not (space_dir / needed).is_file():
-            raise PublishError(f"{space_dir} has no {needed}: a Gradio Space needs it")
+        if needed not in names:
+            raise PublishError(f"{space_dir or readme_dir} has no {needed}: a Gradio Space needs it")
     return files, card
 
 
@@ -253,7 +271,8 @@ def push_space_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", help="dataset id named in the Space metadata (default: the model card's, else emozilla/pg19)"
     )
-    parser.add_argument("--space-dir", help="folder to upload (default: the installed spaces_app package)")
+    parser.add_argument("--space-dir", help="folder to upload as it is (default: the project's Space: spaces_app/ with "
+                        "copies of the engine serving/textgen/ and of victorian_gpt/utils/)")
     parser.add_argument("--private", action="store_true", help="create the Space private")
     parser.add_argument("--commit-message", default="Upload VictorianGPT demo", help="message of the commit")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` token)")
@@ -263,8 +282,7 @@ def push_space_main(argv: list[str] | None = None) -> int:
         _check_repo_id(args.repo_id)
         _check_repo_id(args.model_id)
         token = _resolve_token(args.token)
-        space_dir = Path(args.space_dir) if args.space_dir else _default_space_dir()
-        files, card = plan_space_upload(space_dir)
+        files, card = plan_space_upload(Path(args.space_dir) if args.space_dir else None)
     except PublishError as error:
         print(f"victorian-gpt push-space: error: {error}", file=sys.stderr)
         return 2
@@ -274,7 +292,7 @@ def push_space_main(argv: list[str] | None = None) -> int:
     def upload():
         card.data.models = [args.model_id]
         card.data.datasets = [args.dataset or _model_dataset(api, args.model_id, token)]
-        operations = [CommitOperationAdd(f.as_posix(), str(space_dir / f)) for f in files]
+        operations = [CommitOperationAdd(name, str(path)) for name, path in files]
         operations.append(CommitOperationAdd(CARD_FILE, str(card).encode()))
         repo_url = api.create_repo(
             args.repo_id, token=token, repo_type="space", space_sdk="gradio", private=args.private or None, exist_ok=True
@@ -305,6 +323,4 @@ def _model_dataset(api: HfApi, model_id: str, token: str) -> str:
     datasets = (info.card_data or {}).get("datasets")
     if datasets:
         return datasets[0] if isinstance(datasets, list) else datasets
-    from victorian_gpt.sources import DEFAULT_DATASET
-
     return DEFAULT_DATASET

@@ -22,8 +22,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from victorian_gpt.summary import SUMMARY_FILE, TrainingSummary
+from victorian_gpt.utils.hub import is_hub_id
+
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
-SUMMARY_FILE = "training_summary.json"
 # What `victorian_gpt.export.save_model_folder` writes; weights are either one file or an index plus shards.
 REQUIRED_FILES = (
     "config.json",
@@ -107,38 +109,27 @@ def _duration(seconds: float | None) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
-def is_hub_dataset(dataset: str) -> bool:
-    """A Hub dataset id (`owner/name`), as opposed to a local path that training read."""
-    if os.path.isabs(dataset) or os.path.exists(dataset) or dataset.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(dataset)
-    except HFValidationError:
-        return False
-    return True
-
-
 def _fmt(value, spec: str = "{}") -> str:
     return "—" if value is None else spec.format(value)
 
 
-def _optimizer_row(s: dict) -> str:
-    if s.get("optimizer") == "muon":
-        return (f"Muon (hidden matrices, lr {_fmt(s.get('muon_learning_rate'), '{:g}')}) + AdamW (embeddings, head, "
+def _optimizer_row(s: TrainingSummary) -> str:
+    if s.optimizer == "muon":
+        return (f"Muon (hidden matrices, lr {_fmt(s.muon_learning_rate, '{:g}')}) + AdamW (embeddings, head, "
                 "norms, biases)")
     return "AdamW"
 
 
-def _weights_rows(s: dict) -> list[tuple[str, str]]:
+def _weights_rows(s: TrainingSummary) -> list[tuple[str, str]]:
     """Which step's weights the repository holds, and whether early stopping ended the run."""
     rows = []
-    exported, best = s.get("exported_step"), s.get("best_model") or {}
+    exported, best = s.exported_step, s.best_model or {}
     if exported is not None:
         why = "the last step"
         if best.get("load_best_model_at_end") and best.get("step") == exported:
             why = f"the best validation `{best.get('metric')}` ({best['value']:.4f}), `load_best_model_at_end`"
         rows.append(("Weights published", f"step {exported:,} ({why})"))
-    stopping = s.get("early_stopping") or {}
+    stopping = s.early_stopping or {}
     if stopping.get("stopped_early"):
         rows.append(("Early stopping", f"stopped at step {stopping['stopped_at_step']:,}: no improvement of "
                                        f"`{best.get('metric')}` by more than {stopping.get('threshold'):g} in "
@@ -146,32 +137,76 @@ def _weights_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _finetuning(summary: dict, base_model: str | None) -> dict | None:
+def _finetuning(summary: TrainingSummary, base_model: str | None) -> dict | None:
     """What the card says of a fine-tune: its base (a Hub id for the model tree, else a local name), relation, data,
     and the before/after figures on the fine-tuning data's held-out books and on the general split."""
-    ft = summary.get("finetuning")
-    if not ft:
+    ft = summary.finetuning
+    if ft is None:
         return None
-    base = base_model or ft.get("base_model") or ""
-    base_is_hub = is_hub_dataset(base)  # the same `owner/name` test
-    before, after = ft.get("before") or {}, ft.get("after") or {}
+    base = base_model or ft.base_model or ""
+    base_is_hub = is_hub_id(base)
+    before, after = ft.before or {}, ft.after or {}
     names = {"validation": "held-out books (validation)", "test": "held-out books (test)",
-             "general": f"general text: `{Path(ft['general_dataset']).name if ft.get('general_dataset') else '?'}`"
-                        f" ({ft.get('general_split')})"}
+             "general": f"general text: `{Path(ft.general_dataset).name if ft.general_dataset else '?'}`"
+                        f" ({ft.general_split})"}
     rows = []
     for key, label in names.items():
         b, a = (before.get(key) or {}).get("bits_per_byte"), (after.get(key) or {}).get("bits_per_byte")
         if b is None or a is None:
             continue
         rows.append(dict(label=label, before=f"{b:.4f}", after=f"{a:.4f}", change=f"{100 * (a / b - 1):+.1f} %"))
-    dataset = ft.get("dataset") or summary.get("dataset") or "unknown"
-    lora = ft.get("lora")
+    dataset = ft.dataset or summary.dataset or "unknown"
     return dict(base=base if base_is_hub else Path(base).name, base_is_hub=base_is_hub,
-                revision=ft.get("revision"), relation=ft.get("base_model_relation") or "finetune",
-                type=ft.get("finetuning_type"), lora=lora, dataset=dataset if is_hub_dataset(dataset)
-                else Path(dataset).name, dataset_is_hub=is_hub_dataset(dataset),
-                trainable=_fmt(ft.get("trainable_parameters"), "{:,}"), total=_fmt(ft.get("total_parameters"), "{:,}"),
+                revision=ft.revision, relation=ft.base_model_relation or "finetune",
+                type=ft.finetuning_type, lora=ft.lora, dataset=dataset if is_hub_id(dataset)
+                else Path(dataset).name, dataset_is_hub=is_hub_id(dataset),
+                trainable=_fmt(ft.trainable_parameters, "{:,}"), total=_fmt(ft.total_parameters, "{:,}"),
                 rows=rows)
+
+
+def read_summary(folder: Path) -> TrainingSummary:
+    """The folder's training_summary.json, or an ExportError saying why the card cannot be built without it."""
+    if not (folder / SUMMARY_FILE).is_file():
+        raise ExportError(
+            f"{folder / SUMMARY_FILE} not found: the card reports the training run's measured facts and "
+            "will not invent them (training writes this file into its export)"
+        )
+    try:
+        return TrainingSummary.read(folder)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+
+
+def evaluation(summary: TrainingSummary) -> tuple[list[EvalResult], list[dict]]:
+    """The model-index results and the card's table rows: only the splits (and metrics) that training measured."""
+    dataset = summary.dataset or "unknown"
+    hub, name, finetuned = is_hub_id(dataset), Path(dataset).name, summary.finetuning is not None
+    results, rows = [], []
+    for split, metrics in (summary.eval or {}).items():
+        for key, pretty in MODEL_INDEX_METRICS.items():
+            if metrics.get(key) is not None:
+                results.append(EvalResult(
+                    task_type="text-generation",
+                    task_name="Causal language modeling",
+                    dataset_type=dataset if hub else ("text" if finetuned else "pg19"),
+                    dataset_name=("PG19" if hub and not finetuned else dataset if hub
+                                  else f"{name} (held-out books)" if finetuned else f"PG19 (local copy: {name})"),
+                    dataset_split=split,
+                    metric_type=key,
+                    metric_name=pretty,
+                    metric_value=float(metrics[key]),
+                ))
+        rows.append(dict(
+            split=split,
+            loss=_fmt(metrics.get("loss"), "{:.4f}"),
+            perplexity=_fmt(metrics.get("perplexity"), "{:.2f}"),
+            bits_per_byte=_fmt(metrics.get("bits_per_byte"), "{:.4f}"),
+            word_perplexity=_fmt(metrics.get("word_perplexity"), "{:.2f}"),
+            tokens=_fmt(metrics.get("tokens"), "{:,}"),
+            bytes=_fmt(metrics.get("bytes"), "{:,}"),
+            words=_fmt(metrics.get("words"), "{:,}"),
+        ))
+    return results, rows
 
 
 def build_card(
@@ -190,15 +225,10 @@ def build_card(
     missing = missing_files(export_dir)
     if missing:
         raise ExportError(f"{export_dir} is not a complete export: missing {', '.join(missing)}")
-    if not (export_dir / SUMMARY_FILE).is_file():
-        raise ExportError(
-            f"{export_dir / SUMMARY_FILE} not found: the card reports the training run's measured facts and "
-            "will not invent them (training writes this file into its export)"
-        )
-    summary = _read_json(export_dir / SUMMARY_FILE)
+    summary = read_summary(export_dir)
     adapter = is_adapter(export_dir)
     if adapter:  # the architecture is the base's; generation defaults are the base's too
-        config, generation = summary.get("model_config") or {}, {}
+        config, generation = summary.model_config or {}, {}
     else:
         config = _read_json(export_dir / "config.json")
         generation = _read_json(export_dir / "generation_config.json")
@@ -206,42 +236,10 @@ def build_card(
 
     model_name = export_dir.name if repo_id is None else repo_id.split("/")[-1]
     repo_id = repo_id or f"your-username/{export_dir.name}"
-    dataset = summary.get("dataset") or "unknown"
-    dataset_is_hub = is_hub_dataset(dataset)
+    dataset = summary.dataset or "unknown"
+    dataset_is_hub = is_hub_id(dataset)
     dataset_url = f"https://huggingface.co/datasets/{dataset}" if dataset_is_hub else "https://huggingface.co/datasets/deepmind/pg19"
-
-    # Evaluation: only the splits (and metrics) that training measured.
-    evaluation = summary.get("eval") or {}
-    eval_results, eval_rows = [], []
-    for split, metrics in evaluation.items():
-        for key, pretty in MODEL_INDEX_METRICS.items():
-            if metrics.get(key) is not None:
-                eval_results.append(
-                    EvalResult(
-                        task_type="text-generation",
-                        task_name="Causal language modeling",
-                        dataset_type=dataset if dataset_is_hub else ("text" if finetuning else "pg19"),
-                        dataset_name=("PG19" if dataset_is_hub and not finetuning else dataset if dataset_is_hub
-                                      else f"{Path(dataset).name} (held-out books)" if finetuning
-                                      else f"PG19 (local copy: {Path(dataset).name})"),
-                        dataset_split=split,
-                        metric_type=key,
-                        metric_name=pretty,
-                        metric_value=float(metrics[key]),
-                    )
-                )
-        eval_rows.append(
-            dict(
-                split=split,
-                loss=_fmt(metrics.get("loss"), "{:.4f}"),
-                perplexity=_fmt(metrics.get("perplexity"), "{:.2f}"),
-                bits_per_byte=_fmt(metrics.get("bits_per_byte"), "{:.4f}"),
-                word_perplexity=_fmt(metrics.get("word_perplexity"), "{:.2f}"),
-                tokens=_fmt(metrics.get("tokens"), "{:,}"),
-                bytes=_fmt(metrics.get("bytes"), "{:,}"),
-                words=_fmt(metrics.get("words"), "{:,}"),
-            )
-        )
+    eval_results, eval_rows = evaluation(summary)
 
     tags = ["text-generation", "gpt", "victorian", "pg19", "custom_code", "safetensors"]
     extra = {}
@@ -263,26 +261,25 @@ def build_card(
 
     s = summary
     procedure = [
-        ("Model preset", _fmt(s.get("model_preset"), "`{}`")),
-        ("Optimizer steps", _fmt(s.get("steps"), "{:,}")),
-        ("Tokens per optimizer step", _fmt(s.get("tokens_per_step"), "{:,}")),
-        ("Micro-batch size (per process)", _fmt(s.get("micro_batch_size"))),
-        ("`gradient_accumulation_steps`", _fmt(s.get("gradient_accumulation_steps"))),
-        ("Processes", _fmt(s.get("num_processes"))),
-        ("Tokens seen", _fmt(s.get("tokens_seen"), "{:,}")),
-        *([("Optimizer", _optimizer_row(s))] if s.get("optimizer") else []),
-        ("Learning rate", _fmt(s.get("learning_rate"), "{:g}")),
-        ("Schedule", f"{_fmt(s.get('lr_schedule'))}, {_fmt(s.get('warmup_steps'))} warm-up steps"
-                     + (f", {s['max_train_minutes']:g}-minute training-time budget" if s.get("max_train_minutes")
-                        else "")),
-        ("Weight decay", _fmt(s.get("weight_decay"), "{:g}")),
-        ("Gradient clipping (`max_grad_norm`)", _fmt(s.get("max_grad_norm"), "{:g}")),
-        ("`mixed_precision`", _fmt(s.get("mixed_precision"), "`{}`")),
-        ("Hardware", _fmt(s.get("hardware"))),
-        ("Wall time", _duration(s.get("wall_time_s"))),
+        ("Model preset", _fmt(s.model_preset, "`{}`")),
+        ("Optimizer steps", _fmt(s.steps, "{:,}")),
+        ("Tokens per optimizer step", _fmt(s.tokens_per_step, "{:,}")),
+        ("Micro-batch size (per process)", _fmt(s.micro_batch_size)),
+        ("`gradient_accumulation_steps`", _fmt(s.gradient_accumulation_steps)),
+        ("Processes", _fmt(s.num_processes)),
+        ("Tokens seen", _fmt(s.tokens_seen, "{:,}")),
+        *([("Optimizer", _optimizer_row(s))] if s.optimizer else []),
+        ("Learning rate", _fmt(s.learning_rate, "{:g}")),
+        ("Schedule", f"{_fmt(s.lr_schedule)}, {_fmt(s.warmup_steps)} warm-up steps"
+                     + (f", {s.max_train_minutes:g}-minute training-time budget" if s.max_train_minutes else "")),
+        ("Weight decay", _fmt(s.weight_decay, "{:g}")),
+        ("Gradient clipping (`max_grad_norm`)", _fmt(s.max_grad_norm, "{:g}")),
+        ("`mixed_precision`", _fmt(s.mixed_precision, "`{}`")),
+        ("Hardware", _fmt(s.hardware)),
+        ("Wall time", _duration(s.wall_time_s)),
         *_weights_rows(s),
     ]
-    loss_curve = s.get("loss_curve")
+    loss_curve = s.loss_curve
     if loss_curve and not (export_dir / loss_curve).is_file():
         loss_curve = None  # named in the summary but not exported: no broken image in the card
 
@@ -295,14 +292,14 @@ def build_card(
         revision_pinned=revision is not None,
         config=config,
         n_params=_human(count_parameters(export_dir) if not adapter else  # the base's, not the adapter's
-                        summary["finetuning"]["total_parameters"] - summary["finetuning"]["trainable_parameters"]),
+                        summary.finetuning.total_parameters - summary.finetuning.trainable_parameters),
         summary=summary,
         dataset=dataset if dataset_is_hub else Path(dataset).name,  # a local path: its name, not the machine's layout
         dataset_is_hub=dataset_is_hub,
         dataset_url=dataset_url,
-        dataset_splits=s.get("dataset_splits") or {"train": "train"},
+        dataset_splits=s.dataset_splits or {"train": "train"},
         procedure=procedure,
-        training_config_json=json.dumps(s.get("training_config"), indent=2, sort_keys=True, default=str),
+        training_config_json=json.dumps(s.training_config, indent=2, sort_keys=True, default=str),
         loss_curve=loss_curve,
         eval_rows=eval_rows,
         generation_defaults=[(k, repr(generation[k])) for k in GENERATION_KEYS if k in generation],

@@ -1,13 +1,10 @@
 """bf16 on the CPU, the decode path: `PackedLinear` multiplies a few rows with the bf16 decode kernel where it runs
-natively (`kernels.py`; 8.3 ms for a 124M step's matrices at one row, F.linear 15.9), and otherwise computes a linear
-layer with its weight reordered once, at load time, into oneDNN's blocked layout
-(`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing does), instead of leaving oneDNN to
-read a plain row-major matrix at every call.
+natively (`kernels.py`), and otherwise computes a linear layer with its weight reordered once, at load time, into
+oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing does), instead
+of leaving oneDNN to read a plain row-major matrix at every call.
 
-Measured on a 2-core AVX-512 BF16 CPU at the 124M shapes, one row per call (a decode step): the matmuls of a step take
-9.8 ms packed against 16.5 ms plain (the 50k-vocabulary head 2.4 against 5.9), with bit-identical results up to 16
-rows; a long prefill differs from the plain path in bf16 rounding only. See README, "Decode kernels and a compiled
-step".
+The packed product gives the plain path's bits for a few rows; a long prefill differs from it in bf16 rounding only.
+Why and how fast: docs/generation-engine.md and docs/benchmarks/.
 """
 
 from __future__ import annotations
@@ -16,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from victorian_gpt.utils.modeling import linear_weight
+
 from .kernels import BF16_KERNEL_MAX_ROWS, bf16_kernel_native
-from .layers import linear_weight, replace_linear_layers
+from .layers import replace_linear_layers
 
 
 def packing_available() -> bool:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
-from .card import MODEL_INDEX_METRICS, check_card, count_parameters, is_hub_dataset
+from victorian_gpt.conversion import NATIVE_CLASSES
+from victorian_gpt.summary import SUMMARY_FILE, TrainingSummary
+from victorian_gpt.utils.hub import is_hub_id
+
+from .card import check_card, count_parameters, evaluation, read_summary
 
 TEMPLATE = Path(__file__).parent / "templates" / "native_model_card.md"
-NATIVE_CLASSES = ("Qwen3ForCausalLM", "LlamaForCausalLM", "GPT2LMHeadModel")
 NATIVE_REQUIRED = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 
@@ -63,10 +66,6 @@ def missing_native_files(folder: Path) -> list[str]:
     return missing
 
 
-def _fmt(value, spec: str = "{}") -> str:
-    return "–" if value is None else spec.format(value)
-
-
 def build_native_card(folder, repo_id: str | None = None, source_repo: str | None = None,
                       license: str = "apache-2.0") -> ModelCard:
     """The card for a native folder. `repo_id`: where it will live; `source_repo`: the remote-code repo it was
@@ -75,27 +74,12 @@ def build_native_card(folder, repo_id: str | None = None, source_repo: str | Non
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     architecture = config["architectures"][0]
     generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
-    summary_path = folder / "training_summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    summary = read_summary(folder) if (folder / SUMMARY_FILE).is_file() else TrainingSummary()
     model_name = repo_id.split("/")[-1] if repo_id else folder.name
     repo_id = repo_id or f"your-username/{folder.name}"
-
-    dataset = summary.get("dataset") or ""
-    dataset_is_hub = bool(dataset) and is_hub_dataset(dataset)
-    eval_results, eval_rows = [], []
-    for split, metrics in (summary.get("eval") or {}).items():
-        for key, pretty in MODEL_INDEX_METRICS.items():
-            if metrics.get(key) is not None:
-                eval_results.append(EvalResult(
-                    task_type="text-generation", task_name="Causal language modeling",
-                    dataset_type=dataset if dataset_is_hub else "pg19",
-                    dataset_name="PG19" if dataset_is_hub else f"PG19 (local copy: {Path(dataset).name or 'unknown'})",
-                    dataset_split=split, metric_type=key, metric_name=pretty, metric_value=float(metrics[key]),
-                ))
-        eval_rows.append(dict(split=split, loss=_fmt(metrics.get("loss"), "{:.4f}"),
-                              perplexity=_fmt(metrics.get("perplexity"), "{:.2f}"),
-                              bits_per_byte=_fmt(metrics.get("bits_per_byte"), "{:.4f}"),
-                              word_perplexity=_fmt(metrics.get("word_perplexity"), "{:.2f}")))
+    dataset = summary.dataset or ""
+    dataset_is_hub = is_hub_id(dataset)
+    eval_results, eval_rows = evaluation(summary)
 
     family = {"Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}[architecture]
     card_data = ModelCardData(

@@ -1,7 +1,7 @@
 """Write an export as one GGUF file for llama.cpp (and Ollama, LM Studio, ...), with the `gguf` package.
 
 The file is what llama.cpp's own `convert_hf_to_gguf.py` writes for the native class the export converts to (see
-`convert.native_architecture`): architecture `qwen3`, `llama` or `gpt2`, the same tensor names, layouts and metadata
+`common.native_architecture`): architecture `qwen3`, `llama` or `gpt2`, the same tensor names, layouts and metadata
 keys, our byte-level BPE vocabulary and merges, and the pre-tokenizer declared from what our tokenizer *is* (a
 `ByteLevel` pre-tokenizer with GPT-2's split pattern: llama.cpp's "gpt-2"), not looked up in a table of hashes.
 
@@ -15,14 +15,13 @@ Two layout facts carry the proof of equality:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .convert import ConversionError, Export, _readable, native_architecture, native_tensors, replace_atomically
+from ..utils.files import atomic_output
+from .common import ConversionError, Export, native_architecture, native_tensors, read_export
 
 OUTTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # values per q8_0 block: a quantized matrix's rows must be a whole number of blocks
@@ -126,7 +125,7 @@ def check_outtype(tensors: dict[str, torch.Tensor], outtype: str) -> None:
 def read_vocabulary(folder: Path, vocab_size: int) -> dict:
     """Tokens, their types and the merges from tokenizer.json, after checking that llama.cpp's "gpt-2" BPE
     tokenizes exactly as it does (no normaliser, a ByteLevel pre-tokenizer with GPT-2's regex, plain BPE)."""
-    import gguf
+    import gguf  # optional (pip install 'victorian-gpt[gguf]'): only this conversion needs it
 
     try:
         tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
@@ -178,7 +177,7 @@ def _model_name(export: Export) -> str:
 
 
 def write_gguf(export: Export, output: Path, outtype: str) -> Path:
-    import gguf
+    import gguf  # optional (pip install 'victorian-gpt[gguf]'): only this conversion needs it
 
     config = export.config
     native, arch = gguf_architecture(export)
@@ -190,11 +189,7 @@ def write_gguf(export: Export, output: Path, outtype: str) -> Path:
     qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
               "q8_0": gguf.GGMLQuantizationType.Q8_0}
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(output, folder=False) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(_model_name(export))
@@ -242,9 +237,20 @@ def write_gguf(export: Export, output: Path, outtype: str) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        _readable(tmp)
-        replace_atomically(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return output
+
+
+def to_gguf(export, output, *, outtype: str = "f32", revision: str | None = None, overwrite: bool = False) -> Path:
+    """Write one GGUF file that llama.cpp loads as qwen3 / llama / gpt2, with our vocabulary and merges.
+
+    `outtype`: f32 (exact), f16, or q8_0 (8-bit blocks of 32; norms, biases and GPT-2's position table stay f32,
+    as llama.cpp's converter keeps them). Returns the output file."""
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    output = Path(output).expanduser()
+    if output.exists() and not overwrite:
+        raise ConversionError(f"--output {output} already exists (pass --overwrite to replace it)")
+    if output.is_dir():
+        raise ConversionError(f"--output {output} is a folder; a GGUF output is a file (e.g. model.gguf)")
+    data = read_export(export, revision)
+    return write_gguf(data, output, outtype)

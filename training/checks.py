@@ -1,0 +1,89 @@
+"""Preflight checks: every error that needs no compute (a bad dataset, tokenizer, starting model or output folder) is
+raised before any, in one line, and nothing is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from victorian_gpt import VictorianGPTConfig
+from victorian_gpt.conversion import native_architecture
+from victorian_gpt.sources import is_txt_source, load_text_dataset
+from victorian_gpt.utils.modeling import context_length
+
+from .checkpoint import find_checkpoint
+from .config import DEFAULT_PRESET, TrainingConfig
+from .finetune import check_start
+from .shards import read_prepared_meta
+
+
+def check_inputs(config: TrainingConfig):
+    """Raise a clear error for a bad dataset, tokenizer or output dir. Returns (model config, tokenizer or None)."""
+    if config.model_name_or_path is not None:  # fine-tuning: the model fixes the architecture and the tokenizer
+        model_config, start_tokenizer = check_start(config)
+    else:
+        model_config = VictorianGPTConfig.from_preset(config.model_preset or DEFAULT_PRESET, **config.model_overrides)
+        start_tokenizer = None
+    if config.native_export:  # an option no native class has fails now, not after the run
+        if not isinstance(model_config, VictorianGPTConfig):
+            raise ValueError(f"native_export: {config.model_name_or_path} is already a native "
+                             f"{type(model_config).__name__}; its export is the native folder")
+        native_architecture(model_config)
+    n_positions = context_length(model_config)
+    block_size = config.block_size or n_positions
+    if block_size > n_positions:
+        raise ValueError(f"block_size {block_size} exceeds the model's context n_positions={n_positions}")
+
+    output_dir = Path(config.output_dir)
+    if config.resume_from_checkpoint:
+        find_checkpoint(output_dir, config.resume_from_checkpoint)
+    elif output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite_output_dir:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} already holds another run; resume it with --resume_from_checkpoint "
+            "latest, choose another --output_dir, or pass --overwrite_output_dir"
+        )
+
+    sources = [(config.dataset, split) for split in (config.train_split, config.validation_split)]
+    if config.general_dataset is not None:
+        sources.append((config.general_dataset, config.general_split))
+    if config.prepared_data is not None:
+        sources = sources[2:]
+    for source, split in sources:
+        # missing path, deepmind/pg19, known columns; .txt books: no files, empty or binary files, too few to split
+        dataset = load_text_dataset(source, split=split, text_options=config.text_options)
+        first = next(iter(dataset), None)  # JSON Lines declare no columns: look at the first row
+        if first is None:
+            raise ValueError(f"{source} ({split}) is empty")
+        if not isinstance(first.get("text"), str):
+            raise ValueError(f"{source} ({split}) has no 'text' field; its fields are {sorted(first)}")
+    if config.prepared_data is None:
+        if config.test_split and is_txt_source(config.dataset):  # a .txt folder without it fails now, not at the end
+            load_text_dataset(config.dataset, split=config.test_split, text_options=config.text_options)
+    else:
+        meta = read_prepared_meta(config.prepared_data)
+        if config.tokenizer is None and start_tokenizer is None:
+            raise ValueError("prepared_data needs the tokenizer it was prepared with: set `tokenizer`")
+        if start_tokenizer is not None and meta["vocab_size"] != len(start_tokenizer):
+            raise ValueError(f"{config.prepared_data} was prepared with a {meta['vocab_size']}-token tokenizer, not "
+                             f"{config.model_name_or_path}'s {len(start_tokenizer)}-token one")
+    if start_tokenizer is not None:
+        return model_config, start_tokenizer
+
+    tokenizer_dir = config.tokenizer or (output_dir / "tokenizer" if config.resume_from_checkpoint else None)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        if not Path(tokenizer_dir).is_dir():
+            raise FileNotFoundError(f"tokenizer folder {str(tokenizer_dir)!r} does not exist")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        if len(tokenizer) > model_config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model_config.vocab_size}; "
+                "use a model with a larger vocabulary (model_overrides: {vocab_size: ...}) or a smaller tokenizer"
+            )
+        if config.prepared_data is not None and meta["vocab_size"] != len(tokenizer):
+            raise ValueError(f"{config.prepared_data} was prepared with a {meta['vocab_size']}-token tokenizer, "
+                             f"not this {len(tokenizer)}-token one ({tokenizer_dir})")
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {tokenizer_dir} has no eos_token (needed between books)")
+    return model_config, tokenizer
