@@ -1,1 +1,1 @@
-"""Serving VictorianGPT: the Gradio Space and a Text Generation Inference-protocol server."""
+"""The Gradio Space: app.py, its card (README.md) and requirements.txt; it serves through the engine serving/textgen/."""
