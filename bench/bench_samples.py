@@ -20,7 +20,7 @@ Measured per setting, on the words (runs of letters) of the continuations:
 - distinct-2: distinct word bigrams / word bigrams per continuation.
 The model's own bits per byte on the real continuations (given the same openings) is printed beside, for reference.
 
-The choice (issue 18): the lowest non-word rate among the settings whose repetition stays within the real text's range,
+The choice: the lowest non-word rate among the settings whose repetition stays within the real text's range,
 meaning neither mean (repeated 4-gram share, longest repeated span) exceeds the real continuations' mean by more than
 two standard errors of the difference (`--sigmas`); ties go to the higher distinct-2. Greedy decoding is measured as a
 reference row, never chosen.
@@ -162,7 +162,7 @@ def within_real_range(result: dict, real: dict, sigmas: float = 2.0) -> bool:
 
 
 def choose(results: list[dict], real: dict, sigmas: float = 2.0) -> dict | None:
-    """Issue 18's rule: the lowest non-word rate whose repetition stays within the real text's range (sampled
+    """The rule: the lowest non-word rate whose repetition stays within the real text's range (sampled
     settings only); ties go to the higher distinct-2."""
     candidates = [r for r in results if r["do_sample"] and within_real_range(r, real, sigmas)]
     return min(candidates, key=lambda r: (round(r["non_word_rate"], 6), -r["distinct_2"]), default=None)
