@@ -8,7 +8,7 @@ import re
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
-from conftest import HUB_EXPORT_EVAL, complete_export_for_hub
+from helpers.exports import HUB_EXPORT_EVAL, complete_export_for_hub
 from hub.card import build_card, check_card, main
 
 

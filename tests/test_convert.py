@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_isolated
+from helpers.isolation import run_isolated
 
 # shape name -> (preset, overrides, the native class it must become)
 SHAPES = {

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthetic_pg19 import write_txt_books
-from test_training import TINY_CONFIG, launch_2, metrics, run, step_losses
+from helpers.synthetic_pg19 import write_txt_books
+from helpers.training import TINY_CONFIG, launch_2, metrics, run, step_losses
 from training.evaluate import main as eval_main
 from training.train import main as train_main
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from synthetic_pg19 import gutenberg_txt, make_book, write_txt_books
+from helpers.synthetic_pg19 import gutenberg_txt, make_book, write_txt_books
 from victorian_gpt.sources import TextOptions, load_text_dataset, read_txt_book, txt_splits
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-from conftest import REPO_ROOT
+from helpers.isolation import REPO_ROOT
 from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM, VictorianGPTModel
 from victorian_gpt.configuration_victorian_gpt import MODERN
 from victorian_gpt.modeling_victorian_gpt import CACHE_FIELD

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-from synthetic_pg19 import make_records, write_pg19_folder
+from helpers.isolation import REPO_ROOT
+from helpers.synthetic_pg19 import make_records, write_pg19_folder
 
 from training.sample import main as sample_main
 from victorian_gpt.sources import PG19_FIELDS, load_text_dataset

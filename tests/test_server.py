@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import free_port, stop_process, wait_for_http
+from helpers.servers import free_port, stop_process, wait_for_http
 
 PROMPT = "It was a dark and stormy night; the rain fell in torrents"
 GEN_LINE = re.compile(r"(gen-\d+) (finished|cancelled|failed) after (\d+)/(\d+) tokens")

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from test_remote_code import modern_tiny_export  # noqa: F401,F811 (a fixture, also named as a test's parameter)
 from transformers.pytorch_utils import Conv1D
 
 from serving import textgen

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, free_port, stop_process, wait_for_http
+from helpers.isolation import REPO_ROOT, run_isolated
+from helpers.servers import free_port, stop_process, wait_for_http
 from victorian_gpt.modeling_victorian_gpt import GENERATION_DEFAULTS
 
 PROMPT = "It was a dark and stormy night; the rain fell in torrents"
@@ -348,8 +349,6 @@ def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
     import shutil
 
     from huggingface_hub import SpaceCard
-
-    from conftest import run_isolated
 
     card = SpaceCard.load(REPO_ROOT / "spaces_app" / "README.md").data
     assert (card.sdk, card.app_file, card.license) == ("gradio", "app.py", "apache-2.0")

@@ -14,8 +14,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO_ROOT
-from test_training import metrics, run, step_losses, tiny_args
+from helpers.isolation import REPO_ROOT
+from helpers.training import metrics, run, step_losses, tiny_args
 from training.config import load_config
 from training.optim import lr_factor
 

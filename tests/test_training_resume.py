@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import REPO_ROOT
-from test_training import launch_2, run, step_losses, tiny_args
+from helpers.isolation import REPO_ROOT
+from helpers.training import launch_2, run, step_losses, tiny_args
 
 STEPS = 14
 # dropout on: the RNG states must be restored too; one DataLoader worker per rank tokenizes ahead (the default)

@@ -1,6 +1,6 @@
 """Exports serve strangers on every transformers release the package claims, not only the installed one.
 
-The stranger script of tests/test_remote_code.py (left-padded batches against each prompt alone, eager and SDPA,
+The stranger script (tests/helpers/stranger.py: left-padded batches against each prompt alone, eager and SDPA,
 cached and uncached, `set_attn_implementation`, pipeline, streaming) runs in a Python that cannot import this package,
 once per other release in tests/transformers_releases.txt: the last 4.x release and the oldest supported 5.x. (The
 installed release runs it in tests/test_remote_code.py.) `scripts/install_test_deps.sh` builds their environments,
@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_remote_code import STRANGER, modern_tiny_export  # noqa: F401 (a fixture, also named as a test's parameter)
 
-from conftest import REPO_ROOT, run_isolated
+from helpers.isolation import REPO_ROOT, run_isolated
+from helpers.stranger import STRANGER
 
 RELEASES = [
     line.strip()
