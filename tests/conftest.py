@@ -1,6 +1,12 @@
 """Fixtures several test modules share, and the offline set-up: tests never touch the network (the Hub and datasets
 are forced offline; the Hub tests talk to a loopback Hub on 127.0.0.1).
 
+Two tiers. `python -m pytest -q` runs everything (the README's and CI's command); `python -m pytest -m "not slow" -q`
+is the inner loop, meant to stay under 3 minutes on 2 cores. It leaves out the tests marked `slow`
+(`@pytest.mark.slow`, or `pytestmark = pytest.mark.slow` for a whole module): those that launch DDP processes, drive
+the browser, run another transformers release's venv, start a server process or an HTTP server, or take more than
+about 5 s, setup of the fixtures they need included. Mark a new test slow when it is one of these.
+
 Code the tests share lives in tests/helpers/ (`from helpers.training import ...`), fakes of outside services in
 tests/fakes/ (`from fakes.hub import LoopbackHub`); this file holds fixtures only. No test module imports another,
 and nothing imports from conftest.

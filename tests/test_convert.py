@@ -124,6 +124,7 @@ def natives(exports, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     return {shape: (root / shape, load_file(root / f"{shape}.safetensors")) for shape in exports}
 
 
+@pytest.mark.slow  # the `natives` fixture converts and runs a stranger's process (~10 s)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_native_folder_matches_ours_without_remote_code(shape, exports, natives):
     export, (native, theirs) = exports[shape], natives[shape]
@@ -138,6 +139,7 @@ def test_native_folder_matches_ours_without_remote_code(shape, exports, natives)
     assert torch.equal(theirs["padded"], ours["padded"]), "generate() on a left-padded batch: the same tokens"
 
 
+@pytest.mark.slow  # the `natives` fixture (~10 s)
 def test_native_config_speaks_every_readers_dialect(natives):
     """transformers 5 reads rope_parameters, 4.x and vLLM rope_theta; llama.cpp's GPT-2 converter reads n_ctx."""
     qwen3 = json.loads((natives["qwen3"][0] / "config.json").read_text())

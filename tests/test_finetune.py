@@ -104,6 +104,7 @@ def test_full_finetune_of_an_export_on_txt_books_starts_where_victorian_gpt_eval
     assert not torch.equal(before["transformer.h.0.attn.c_attn.weight"], after["transformer.h.0.attn.c_attn.weight"])
 
 
+@pytest.mark.slow  # a training subprocess (~7 s)
 def test_lora_merged_export_of_the_linear_layout_is_a_plain_export(tmp_path, modern_export, pg19_tiny):
     from transformers import AutoModelForCausalLM
 
@@ -128,6 +129,7 @@ def test_lora_merged_export_of_the_linear_layout_is_a_plain_export(tmp_path, mod
     assert type(model).__name__ == "VictorianGPTForCausalLM"
 
 
+@pytest.mark.slow  # DDP: accelerate launch, 2 gloo processes
 def test_lora_with_two_processes_accumulation_and_exact_resume_exports_an_adapter(
         tmp_path, tiny_export, txt_books):
     """GPT-2's Conv1D layout (peft's fan_in_fan_out), 2 gloo processes x accumulation 2, LoRA dropout on (the RNG

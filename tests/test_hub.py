@@ -23,6 +23,9 @@ from fakes.hub import LoopbackHub
 from helpers.exports import HUB_EXPORT_EVAL, complete_export_for_hub
 from helpers.isolation import REPO_ROOT, run_isolated
 
+# Every test here talks to the module's loopback Hub (an HTTP server) or runs the CLI in a subprocess.
+pytestmark = pytest.mark.slow
+
 TOKEN = "hf_loopback_test_token"
 REPO_ID = "victoria/tiny-victorian-gpt"
 EXPECTED_MODEL_FILES = {

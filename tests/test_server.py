@@ -91,6 +91,7 @@ def wait_for_log(log, predicate, timeout=20.0):
     pytest.fail(f"no matching generation record in the server log:\n{log.read_text()[-2000:]}")
 
 
+@pytest.mark.slow  # the server process
 def test_info_and_health(server):
     url, _ = server
     assert requests.get(url + "/health", timeout=10).status_code == 200
@@ -104,6 +105,7 @@ def test_info_and_health(server):
     assert info["model_dtype"] == "torch.float32" and info["dtype"] == "float32 (asked)"
 
 
+@pytest.mark.slow  # the server process
 def test_prefix_cache_serves_a_repeated_opening_and_metrics_report_it(server, reference):
     """The server's prefix cache is on by default: the same prompt twice gives the same tokens, the second time
     from cache; /info and /metrics (Prometheus text) say so."""
@@ -126,6 +128,7 @@ def test_prefix_cache_serves_a_repeated_opening_and_metrics_report_it(server, re
     assert "# TYPE tgi_prefix_cache_hits_total counter" in metrics.text and "tgi_batch_current_size" in values
 
 
+@pytest.mark.slow  # the server process
 def test_text_generation_client_matches_generate(server, reference):
     from text_generation import Client
 
@@ -157,6 +160,7 @@ def test_text_generation_client_matches_generate(server, reference):
     assert "".join(e.token.text for e in events if not e.token.special) in response.generated_text
 
 
+@pytest.mark.slow  # the server process
 def test_async_client_seeded_sampling(server):
     from text_generation import AsyncClient
 
@@ -178,6 +182,7 @@ def test_async_client_seeded_sampling(server):
     assert streamed[-1].generated_text == first.generated_text
 
 
+@pytest.mark.slow  # the server process
 def test_inference_client_stream_with_details(server, reference, local_hub_client):
     from huggingface_hub import InferenceClient
 
@@ -196,6 +201,7 @@ def test_inference_client_stream_with_details(server, reference, local_hub_clien
     assert detailed.generated_text == generated and len(detailed.details.tokens) == 10
 
 
+@pytest.mark.slow  # the server process
 def test_stop_sequence(server):
     from text_generation import Client
 
@@ -222,6 +228,7 @@ BAD_PARAMETERS = [
 ]
 
 
+@pytest.mark.slow  # the server process
 @pytest.mark.parametrize("route", ["/generate", "/generate_stream", "/"])
 def test_bad_parameters_are_422(server, route):
     url, _ = server
@@ -233,6 +240,7 @@ def test_bad_parameters_are_422(server, route):
     assert requests.post(url + route, json={"inputs": ""}, timeout=30).json()["error"] == "`inputs` cannot be empty"
 
 
+@pytest.mark.slow  # the server process
 def test_long_prompt_rejected_or_truncated(server, local_hub_client):
     import huggingface_hub
     import text_generation
@@ -252,6 +260,7 @@ def test_long_prompt_rejected_or_truncated(server, local_hub_client):
     assert last["details"]["input_length"] == 50
 
 
+@pytest.mark.slow  # the server process
 def test_eight_concurrent_streams_get_their_own_tokens(server):
     """Eight seeded streams at once: each must equal the same request served alone, and they must overlap in time."""
     from text_generation import AsyncClient
@@ -279,6 +288,7 @@ def test_eight_concurrent_streams_get_their_own_tokens(server):
     assert max(start for start, _, _ in concurrent) < min(end for _, end, _ in concurrent)  # really concurrent
 
 
+@pytest.mark.slow  # the server process
 def test_disconnect_stops_generation(server):
     url, log = server
     # streaming: read a few events, then hang up
@@ -334,6 +344,7 @@ def test_generation_error_reaches_the_consumer(tiny_export):
     assert textgen.active_generations() == 0
 
 
+@pytest.mark.slow  # the server process
 def test_streams_that_hang_up_at_random_leave_the_rest_intact(server):
     """Twelve concurrent streams, a third hanging up at random: the others equal their solo result, the server stays
     healthy and its threads go back to what they were (the engine has one thread, whatever the load)."""
@@ -377,6 +388,7 @@ def test_streams_that_hang_up_at_random_leave_the_rest_intact(server):
     assert server_threads(url) == threads_before
 
 
+@pytest.mark.slow  # an HTTP server (uvicorn in a thread)
 @pytest.mark.parametrize("engine", ["batch", "threads"])
 def test_overload_is_429_not_a_hang(small_export, engine):
     """Past --max-concurrent-requests a request is refused at once with TGI's 429, by either engine."""

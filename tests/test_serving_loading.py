@@ -75,6 +75,7 @@ def test_bf16_on_the_cpu_serves_through_packed_linear_layers_with_the_plain_mode
         assert not any(isinstance(m, textgen.PackedLinear) for m in model.modules())
 
 
+@pytest.mark.slow  # torch.compile (~6 s)
 def test_torch_compile_decodes_through_a_static_cache_with_the_eager_tokens(modern_tiny_export, capsys):
     """`load_model(torch_compile=True)`: int8 (the CPU path, weights shown on the meta device so torch.compile traces
     them) decodes through transformers' static KV cache and the compiled forward (`_compiled_call`), one stream and a

@@ -70,6 +70,7 @@ def greedy_reference(export: Path, prompt: str, max_new_tokens: int, repetition_
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.slow  # the Space in a server process
 def test_gradio_client_streams_what_generate_gives(space, small_export):
     from gradio_client import Client
 
@@ -97,6 +98,7 @@ def test_gradio_client_streams_what_generate_gives(space, small_export):
     assert len({*fresh, sampled[0]}) == 4, fresh
 
 
+@pytest.mark.slow  # the Space in a server process
 def test_gradio_client_shows_validation_errors(space):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -110,6 +112,7 @@ def test_gradio_client_shows_validation_errors(space):
         Client(url, verbose=False).predict(PROMPT, 20, 1.0, 0, 0.5, 1.2, "forty-two", api_name="/generate")
 
 
+@pytest.mark.slow  # the Space in a server process
 def test_cancelled_job_stops_generation(space):
     from gradio_client import Client
 
@@ -164,6 +167,7 @@ def as_shown(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+@pytest.mark.slow  # Chromium, and the Space in a server process
 def test_browser_seed_history_stop_and_close_tab(space, browser):
     from selenium.webdriver.common.by import By
 
@@ -308,6 +312,7 @@ def tgi_server(small_export, monkeypatch):
         thread.join(15)
 
 
+@pytest.mark.slow  # an HTTP server (the TGI-protocol server in a thread)
 def test_space_streams_from_a_tgi_endpoint(tgi_server, small_export, caplog):
     import logging
 
@@ -344,6 +349,7 @@ def test_space_streams_from_a_tgi_endpoint(tgi_server, small_export, caplog):
         demo.close()
 
 
+@pytest.mark.slow  # a stranger's process loading the bundle (~7 s)
 def test_space_folder_runs_without_the_package(tiny_export, tmp_path):
     """What push-space uploads must run on a Space, where neither victorian_gpt nor spaces_app is installed."""
     import shutil

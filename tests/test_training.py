@@ -16,6 +16,7 @@ from training.train import main as train_main
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains in a subprocess for 30 steps (~16 s)
 def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model(tmp_path, pg19_tiny):
     out = tmp_path / "run"
     # through the `victorian-gpt train` alias; no tokenizer given, so one is trained from the source and saved
@@ -70,6 +71,7 @@ def test_end_to_end_training_lowers_validation_loss_and_exports_a_loadable_model
     assert "GENERATED" in proc.stdout
 
 
+@pytest.mark.slow  # DDP: accelerate launch, 2 gloo processes
 def test_two_ddp_processes_see_disjoint_blocks_and_match_one_process_with_accumulation(
     tmp_path, pg19_tiny, tiny_tokenizer_dir
 ):
@@ -105,6 +107,7 @@ def test_two_ddp_processes_see_disjoint_blocks_and_match_one_process_with_accumu
     assert single_losses[8] < single_losses[1]  # and it learns
 
 
+@pytest.mark.slow  # a training subprocess (~6 s)
 def test_non_finite_losses_skip_updates_then_stop_keeping_the_last_good_checkpoint(
     tmp_path, pg19_tiny, tiny_tokenizer_dir
 ):
@@ -124,6 +127,7 @@ def test_non_finite_losses_skip_updates_then_stop_keeping_the_last_good_checkpoi
     assert not (out / "model").exists()
 
 
+@pytest.mark.slow  # two training subprocesses (~12 s)
 def test_training_on_prepared_uint16_shards(tmp_path, capsys, pg19_tiny, tiny_tokenizer_dir):
     from training.prepare import main as prepare_main
 

@@ -68,6 +68,7 @@ def test_word_level_perplexity_is_total_nll_over_the_words_of_the_text(tmp_path,
     assert figures["word_perplexity"] > figures["perplexity"]  # a word is more than one token on average
 
 
+@pytest.mark.slow  # a training subprocess (~6 s)
 def test_early_stopping_exports_the_best_checkpoint_which_pruning_keeps(tmp_path, pg19_tiny, tiny_tokenizer_dir):
     from safetensors.torch import load_file
 
@@ -106,6 +107,7 @@ def test_early_stopping_exports_the_best_checkpoint_which_pruning_keeps(tmp_path
         ("validation", "word_perplexity"), ("test", "word_perplexity")}
 
 
+@pytest.mark.slow  # two training subprocesses (~22 s)
 def test_a_time_budget_counts_training_steps_only_and_resumes_its_clock(tmp_path, pg19_tiny, tiny_tokenizer_dir):
     out = tmp_path / "timed"
     budget_s = 4.0  # several steps even on a busy machine, where one step can take over 2 s
@@ -143,6 +145,7 @@ def test_a_time_budget_counts_training_steps_only_and_resumes_its_clock(tmp_path
     assert after[0]["train_time_s"] - after[0]["step_time_s"] == pytest.approx(clock, abs=0.01)
 
 
+@pytest.mark.slow  # a training subprocess (~6 s)
 def test_native_export_writes_the_same_model_as_transformers_own_class(tmp_path, pg19_tiny, tiny_tokenizer_dir):
     from transformers import AutoModelForCausalLM
 

@@ -12,8 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers.isolation import REPO_ROOT
 from helpers.training import launch_2, run, step_losses, tiny_args
+
+pytestmark = pytest.mark.slow  # DDP: every test launches 2 gloo processes, more than once
 
 STEPS = 14
 # dropout on: the RNG states must be restored too; one DataLoader worker per rank tokenizes ahead (the default)

@@ -16,6 +16,8 @@ import pytest
 from helpers.isolation import REPO_ROOT, run_isolated
 from helpers.stranger import STRANGER
 
+pytestmark = pytest.mark.slow  # each test runs another transformers release's venv
+
 RELEASES = [
     line.strip()
     for line in (REPO_ROOT / "tests" / "transformers_releases.txt").read_text().splitlines()
