@@ -176,7 +176,6 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded):
         assert drain(submit(engine, loaded, PROMPTS[0], max_new_tokens=5)) == generate_ids(loaded, PROMPTS[0], 5)
 
 
-@pytest.mark.slow  # builds the C++ decode kernels, many shapes (~12 s)
 def test_the_decode_kernels_give_int8linears_bits_and_bf16_rounded_once(monkeypatch, caplog):
     """The int8 decode kernel (built at first use) computes `Int8Linear`'s forward with the same bits as its PyTorch
     operators (`kernel=False`: per-row quantizing, `torch._int_mm`, scaling, the bias's fused multiply-add) for every
