@@ -80,7 +80,7 @@ def tokenizer_source(root: Path) -> Path:
     if TOKENIZER_SOURCE.exists():
         return TOKENIZER_SOURCE
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from synthetic_pg19 import write_pg19_folder
+    from helpers.synthetic_pg19 import write_pg19_folder
 
     return write_pg19_folder(root / "synthetic-pg19")
 
