@@ -11,14 +11,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from .errors import GenerationError, Overloaded, ValidationError
 from .kv_cache import _cache_layers, _left_pad, _new_cache, _release_freed_memory
 from .params import GenerationParameters, Limits
 from .prefix_cache import PrefixCache
 from .request import _eos_ids, _ids, _Request
-from .streaming import STREAM_TIMEOUT_S, sampling_warpers
+from .streaming import STREAM_TIMEOUT_S, request_processors
 
 logger = logging.getLogger("victorian_gpt.serving")
 
@@ -37,10 +36,7 @@ class BatchedGeneration(_Request):
         self.streamer.is_last = lambda token_id, count: self.finishing
         # the engine's side: prompt + generated ids, this request's logits processors, its prefill progress
         self.ids = list(self.input_ids)
-        self.processors = LogitsProcessorList()
-        if params.repetition_penalty != 1.0:  # generate() puts it before the warpers
-            self.processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        self.processors.extend(sampling_warpers(params))
+        self.processors = request_processors(params)
         self.prefilled = 0  # prompt tokens already in `cache`
         self.cached_tokens = 0  # of those, how many came from the prefix cache
         self.cache = None  # this request's own KV cache until it joins the batch
@@ -394,7 +390,7 @@ class Engine:
         if generation.first_token_at is None:
             generation.first_token_at = time.perf_counter()
         last = (
-            token in self.eos_ids
+            token in generation.eos_ids
             or generated >= generation.params.max_new_tokens
             or (generation.stop_criteria is not None
                 and generation.stop_criteria.matches(generation.ids[len(generation.input_ids) :]))

@@ -16,6 +16,7 @@ import torch
 from transformers import (  # noqa: I001
     LogitsProcessor,
     LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     TemperatureLogitsWarper,
     TextIteratorStreamer,
@@ -74,6 +75,16 @@ class TokenChooser(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         next_tokens = self.choose(scores)
         return torch.full_like(scores, -float("inf")).scatter_(-1, next_tokens, 0.0)
+
+
+def request_processors(params: GenerationParameters) -> LogitsProcessorList:
+    """What the engine applies to a request's logits before `TokenChooser` picks, in `generate()`'s order: the
+    repetition penalty, then the sampling warpers."""
+    processors = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    processors.extend(sampling_warpers(params))
+    return processors
 
 
 def sampling_warpers(params: GenerationParameters) -> LogitsProcessorList:
