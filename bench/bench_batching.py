@@ -14,8 +14,15 @@ Prints one JSON line per request count: aggregate tokens/s of each (median over 
 precision of every case; each line also gives `engine_tokens_per_s_vs_1_stream`, the engine's aggregate tokens/s over
 its own at one stream in the same run (the first `--streams` value should be 1).
 
+`--variants` instead compares ways of serving side by side in one run, each a model prepared as `load_model` prepares
+it (`textgen.prepare_for_serving`) and its own engine: `auto`, `int8`, `float32`, `bfloat16`, each optionally with
+`-variant` (batch-invariant decoding off, `--no-batch-invariant`). Per variant and stream count, alternating rounds:
+the engine's aggregate tokens/s and plain `generate()`'s at one stream; then the ratios between variants at equal
+streams (the first variant is the base) and each variant's 8-against-1 scaling.
+
     python bench/bench_batching.py [--preset gpt2-124m] [--streams 1 8] [--new-tokens 32] [--repeats 3]
         [--no-continuous-batching] [--dtype auto]
+    python bench/bench_batching.py --variants auto auto-variant int8 int8-variant --streams 1 8
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from victorian_gpt import PRESETS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from serving import textgen  # noqa: E402
+from serving.textgen.loading import prepare_for_serving  # noqa: E402
 
 
 class _Tokenizer:
@@ -58,9 +66,14 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=textgen.DTYPE_CHOICES)
     parser.add_argument("--no-continuous-batching", dest="cb", action="store_false",
                         help="skip transformers' generate_batch")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="compare ways of serving instead: auto, int8, float32, bfloat16, each with an optional "
+                             "'-variant' suffix (batch invariance off)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    if args.variants:
+        return compare_variants(args)
 
     shape = {k: PRESETS[args.preset][k] for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")}
     ours, reference = build_pair(**shape)
@@ -141,6 +154,73 @@ def main():
             **environment(),
         })
     engine.close()
+
+
+def compare_variants(args):
+    """Each variant a model prepared for serving and its own engine; the same prompts; alternating rounds."""
+    from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
+
+    config = VictorianGPTConfig.from_preset(args.preset, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    tokenizer = _Tokenizer()
+    limits = textgen.Limits(max_input_tokens=config.n_positions - 1, max_total_tokens=config.n_positions)
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2, config.vocab_size, (12 + 5 * i,), generator=generator).tolist() for i in range(64)]
+    params = textgen.GenerationParameters(max_new_tokens=args.new_tokens)
+    served = {}
+    for variant in args.variants:
+        name, _, suffix = variant.partition("-")
+        if name not in ("auto", "int8", "float32", "bfloat16") or suffix not in ("", "variant"):
+            raise SystemExit(f"unknown variant {variant!r}: auto, int8, float32 or bfloat16, optionally -variant")
+        torch.manual_seed(0)
+        model = VictorianGPTForCausalLM(config)
+        model.generation_config.eos_token_id = None
+        model.generation_config.pad_token_id = 0
+        quantize = "int8" if name == "int8" else None
+        dtype, why = textgen.resolve_dtype("auto" if name == "int8" else name, "cpu", torch.float32, quantize)
+        model = prepare_for_serving(model.to(dtype).eval(), why, quantize=quantize,
+                                    batch_invariant=not suffix)
+        served[variant] = (model, textgen.Engine(model, tokenizer, limits=limits))
+
+    def run_engine(engine, batch):
+        generations = [engine.submit(p, params) for p in batch]
+        return [[t.id for t in g] for g in generations]
+
+    def run_generate(model, prompt):
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                           min_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    rates = {}
+    for streams in args.streams:
+        batch = prompts[:streams]
+        cases = {(v, "engine"): (lambda e=engine: run_engine(e, batch)) for v, (_, engine) in served.items()}
+        if streams == 1:
+            cases.update({(v, "generate"): (lambda m=model: run_generate(m, batch[0])) for v, (model, _) in
+                          served.items()})
+        times = {case: [] for case in cases}
+        for round_ in range(args.repeats + 1):  # round 0 warms up
+            for case, run in cases.items():
+                start = time.perf_counter()
+                run()
+                if round_:
+                    times[case].append(time.perf_counter() - start)
+        for (variant, kind), t in times.items():
+            rates[(variant, kind, streams)] = streams * args.new_tokens / statistics.median(t)
+        base = args.variants[0]
+        for variant, (model, engine) in served.items():
+            emit({
+                "bench": "batching-variants", "shape": args.preset, "variant": variant, "streams": streams,
+                "new_tokens": args.new_tokens, "dtype": model.serving_dtype,
+                "engine_tokens_per_s": round(rates[(variant, "engine", streams)], 1),
+                "generate_tokens_per_s": round(rates[(variant, "generate", 1)], 1) if streams == 1 else None,
+                f"engine_vs_{base}": round(rates[(variant, "engine", streams)] / rates[(base, "engine", streams)], 3),
+                "engine_vs_1_stream": (round(rates[(variant, "engine", streams)] / rates[(variant, "engine", 1)], 3)
+                                       if (variant, "engine", 1) in rates else None),
+                "repeats": args.repeats, **environment(),
+            })
+    for _, engine in served.values():
+        engine.close()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def test_load_model_auto_follows_this_machine_and_float32_is_exact(tiny_export):
     assert model.dtype == (torch.bfloat16 if native else torch.float32)
     assert model.serving_dtype.startswith("bfloat16 (auto: the CPU computes bf16" if native else "float32 (auto:")
     model, _ = textgen.load_model(str(tiny_export), dtype="float32")
+    assert model.dtype == torch.float32 and model.serving_dtype == "float32 (asked; batch-invariant decoding)"
+    model, _ = textgen.load_model(str(tiny_export), dtype="float32", batch_invariant=False)
     assert model.dtype == torch.float32 and model.serving_dtype == "float32 (asked)"
 
 
@@ -53,7 +55,8 @@ def test_bf16_on_the_cpu_serves_through_packed_linear_layers_with_the_plain_mode
     served, tokenizer = textgen.load_model(folder, dtype="bfloat16")
     assert served.packed_linear_layers > 0 and not any(type(m) in (torch.nn.Linear, Conv1D) for m in served.modules())
     assert isinstance(served.lm_head, textgen.PackedLinear) and served.lm_head.kernel == textgen.bf16_kernel_native()
-    assert served.serving_dtype.endswith("on the bf16 decode kernel)" if served.lm_head.kernel else "packed for oneDNN)")
+    assert ("on the bf16 decode kernel; batch-invariant decoding)" if served.lm_head.kernel
+            else "packed for oneDNN)") in served.serving_dtype
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     onednn = textgen.pack_bf16(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval(), kernel=False)
     assert not onednn.lm_head.kernel

@@ -1,18 +1,24 @@
-// Products for a few rows (a decode step), built at first use by spaces_app/textgen/kernels.py with
+// Products for a few rows (a decode step), built at first use by serving/textgen/kernels.py with
 // torch.utils.cpp_extension (where it cannot be built, the layers keep PyTorch's own operators):
 //   int8_linear(x float32 (M, K), qweight int8 (N, K), weight_scale (N), bias) -> float32 (M, N): Int8Linear's
 //   forward in one call (per-row int8 quantizing, exact int32 sums, scaling), bit-identical to its PyTorch operators;
 //   bf16_gemm_nt(a bf16 (M, K), b bf16 (N, K), bias) -> bf16 (M, N): float32 sums of exact products (and the bias),
-//   rounded once, as F.linear in bf16 computes them (PackedLinear's decode path).
+//   rounded once, as F.linear in bf16 computes them (PackedLinear's decode path);
+//   f32_gemm_nt(a float32 (M, K), b float32 (N, K), bias) -> float32 (M, N): float32 sums, and the bias, in a fixed
+//   order (Float32Linear's decode path).
+// Every output element is summed in an order that depends on K alone, never on M or on the thread count: a row gets
+// the same bits whatever else is in the batch (batch invariance), which PyTorch's GEMMs do not promise.
 //
 // At one row per call a linear layer is a matrix-vector product: every weight byte is read once, so the speed is the
 // memory's, provided the arithmetic keeps up and the call costs little (at one token per step, a dozen small PyTorch
 // operators per layer cost as much as the product). The weight's rows are taken in blocks of 8 (a few KB, contiguous):
 // the first input row reads a block from memory, the others find it in the core's cache, so a batch of rows costs
-// little more than one. int8: with AVX-512 VNNI, dpbusd multiplies 64 unsigned by signed bytes per instruction (rows
-// shifted by 128, the shift taken off exactly); without VNNI, AVX-512BW/AVX2 madd on int16, or plain C++; integer sums
-// are exact. bf16: AVX-512 BF16's dpbf16, 32 products per instruction, plain C++ elsewhere (kernels.py uses it only
-// where it is native). Output rows are split over torch's own thread pool (at::parallel_for).
+// little more than one; bf16 and float32 rows go two at a time through a block, each weight load serving both. int8:
+// with AVX-512 VNNI, dpbusd multiplies 64 unsigned by signed bytes per instruction (rows shifted by 128, the shift
+// taken off exactly); without VNNI, AVX-512BW/AVX2 madd on int16, or plain C++; integer sums are exact. bf16: AVX-512
+// BF16's dpbf16, 32 products per instruction, plain C++ elsewhere (kernels.py uses it only where it is native).
+// float32: AVX-512 FMA, 16 products per instruction, AVX2 FMA 8, or plain C++. Output rows are split over torch's own
+// thread pool (at::parallel_for).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -211,27 +217,52 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
 }
 
 #if defined(__AVX512BF16__)
-// float32 sums of bf16 products (exact in float32) of one row against NB weight rows: AVX-512 BF16's dpbf16, 32
-// products per instruction
-template <int NB>
-inline void bf16_dots(const at::BFloat16* x, const at::BFloat16* w, int64_t k_size, float* sums) {
-  __m512 acc[NB];
-  for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+// float32 sums of bf16 products (exact in float32) of R (1 or 2) rows against NB weight rows: AVX-512 BF16's dpbf16,
+// 32 products per instruction. Each accumulator takes its products in the same order whatever R is.
+template <int R, int NB>
+inline void bf16_dots(const at::BFloat16* x, int64_t x_stride, const at::BFloat16* w, int64_t k_size, float* sums,
+                      int64_t sums_stride) {
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= k_size; k += 32) {
-    const __m512bh xk = (__m512bh)_mm512_loadu_si512(x + k);
+    __m512bh xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = (__m512bh)_mm512_loadu_si512(x + r * x_stride + k);
     for (int j = 0; j < NB; ++j) {
       _mm_prefetch(reinterpret_cast<const char*>(w + (kPrefetchBlocks * NB + j) * k_size + k), _MM_HINT_T0);
-      acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_loadu_si512(w + j * k_size + k));
+      const __m512bh wj = (__m512bh)_mm512_loadu_si512(w + j * k_size + k);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xk[r], wj);
     }
   }
   if (k < k_size) {
     const __mmask32 mask = (__mmask32(1) << (k_size - k)) - 1;
-    const __m512bh xk = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + k);
-    for (int j = 0; j < NB; ++j)
-      acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * k_size + k));
+    __m512bh xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + r * x_stride + k);
+    for (int j = 0; j < NB; ++j) {
+      const __m512bh wj = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * k_size + k);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xk[r], wj);
+    }
   }
-  for (int j = 0; j < NB; ++j) sums[j] = _mm512_reduce_add_ps(acc[j]);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) sums[r * sums_stride + j] = _mm512_reduce_add_ps(acc[r][j]);
+}
+
+#ifndef BF16_NB
+#define BF16_NB 4
+#endif
+#ifndef BF16_RB
+#define BF16_RB 8
+#endif
+// r (<= RB) rows against nb (<= NB) weight rows, into block[i * NB + j]: whole blocks at once, the rest one by one
+template <int NB, int RB, int R = RB>
+inline void bf16_block(int r, int64_t nb, const at::BFloat16* x, int64_t x_stride, const at::BFloat16* w,
+                       int64_t k_size, float* block) {
+  if constexpr (R > 1) {
+    if (r < R) return bf16_block<NB, RB, R - 1>(r, nb, x, x_stride, w, k_size, block);
+  }
+  if (nb == NB) bf16_dots<R, NB>(x, x_stride, w, k_size, block, NB);
+  else for (int64_t j = 0; j < nb; ++j) bf16_dots<R, 1>(x, x_stride, w + j * k_size, k_size, block + j, NB);
 }
 #endif
 
@@ -239,14 +270,18 @@ inline void bf16_dots(const at::BFloat16* x, const at::BFloat16* w, int64_t k_si
 void bf16_sums(const at::BFloat16* a, const at::BFloat16* b_ptr, int64_t k_size, int64_t rows, int64_t n_begin,
                int64_t n_end, float* sums) {
 #if defined(__AVX512BF16__)
-  constexpr int NB = 8;  // weight rows in blocks, as int8_sums
-  float block[NB];
+  constexpr int NB = BF16_NB;  // weight rows in blocks
+  constexpr int RB = BF16_RB;  // input rows at a time
+  float block[RB][NB];
   for (int64_t n = n_begin; n < n_end; n += NB) {
     const int64_t nb = std::min<int64_t>(NB, n_end - n);
-    for (int64_t m = 0; m < rows; ++m) {
-      if (nb == NB) bf16_dots<NB>(a + m * k_size, b_ptr + n * k_size, k_size, block);
-      else for (int64_t j = 0; j < nb; ++j) bf16_dots<1>(a + m * k_size, b_ptr + (n + j) * k_size, k_size, block + j);
-      for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m] = block[j];
+    const at::BFloat16* w = b_ptr + n * k_size;
+    for (int64_t m = 0; m < rows; m += RB) {
+      const at::BFloat16* x = a + m * k_size;
+      const int r = static_cast<int>(std::min<int64_t>(RB, rows - m));
+      bf16_block<NB, RB>(r, nb, x, k_size, w, k_size, &block[0][0]);
+      for (int i = 0; i < r; ++i)
+        for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m + i] = block[i][j];
     }
   }
 #else
@@ -287,6 +322,119 @@ at::Tensor bf16_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::opt
   return out;
 }
 
+// float32 sums of R (1 or 2) rows against NB weight rows, each accumulator in the same order whatever R is:
+// AVX-512 FMA (16 lanes), AVX2 FMA (8 lanes), or plain C++ (one lane)
+template <int R, int NB>
+inline void f32_dots(const float* x, int64_t x_stride, const float* w, int64_t k_size, float* sums,
+                     int64_t sums_stride) {
+  int64_t k = 0;
+  float tail[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) tail[r][j] = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (; k + 16 <= k_size; k += 16) {
+    __m512 xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = _mm512_loadu_ps(x + r * x_stride + k);
+    for (int j = 0; j < NB; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (kPrefetchBlocks * NB + j) * k_size + k), _MM_HINT_T0);
+      const __m512 wj = _mm512_loadu_ps(w + j * k_size + k);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(xk[r], wj, acc[r][j]);
+    }
+  }
+  if (k < k_size) {
+    const __mmask16 mask = (__mmask16(1) << (k_size - k)) - 1;
+    __m512 xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = _mm512_maskz_loadu_ps(mask, x + r * x_stride + k);
+    for (int j = 0; j < NB; ++j) {
+      const __m512 wj = _mm512_maskz_loadu_ps(mask, w + j * k_size + k);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(xk[r], wj, acc[r][j]);
+    }
+    k = k_size;
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) tail[r][j] = _mm512_reduce_add_ps(acc[r][j]);
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
+  for (; k + 8 <= k_size; k += 8) {
+    __m256 xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = _mm256_loadu_ps(x + r * x_stride + k);
+    for (int j = 0; j < NB; ++j) {
+      const __m256 wj = _mm256_loadu_ps(w + j * k_size + k);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm256_fmadd_ps(xk[r], wj, acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[r][j]);
+      float sum = 0.f;
+      for (float lane : lanes) sum += lane;
+      tail[r][j] = sum;
+    }
+#endif
+  for (; k < k_size; ++k)  // what no vector took (all of it in plain C++)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NB; ++j) tail[r][j] = std::fma(x[r * x_stride + k], w[j * k_size + k], tail[r][j]);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) sums[r * sums_stride + j] = tail[r][j];
+}
+
+#ifndef F32_NB
+#define F32_NB 4
+#endif
+#ifndef F32_RB
+#define F32_RB 8
+#endif
+// r (<= RB) rows against nb (<= NB) weight rows, into block[i * NB + j]
+template <int NB, int RB, int R = RB>
+inline void f32_block(int r, int64_t nb, const float* x, int64_t x_stride, const float* w, int64_t k_size,
+                      float* block) {
+  if constexpr (R > 1) {
+    if (r < R) return f32_block<NB, RB, R - 1>(r, nb, x, x_stride, w, k_size, block);
+  }
+  if (nb == NB) f32_dots<R, NB>(x, x_stride, w, k_size, block, NB);
+  else for (int64_t j = 0; j < nb; ++j) f32_dots<R, 1>(x, x_stride, w + j * k_size, k_size, block + j, NB);
+}
+
+at::Tensor f32_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "f32_gemm_nt: CPU tensors only");
+  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat, "f32_gemm_nt: float32 tensors only");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1),
+              "f32_gemm_nt: a (M, K) and b (N, K), got ", a.sizes(), " and ", b.sizes());
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  TORCH_CHECK(!bias.has_value() || (bias_c.scalar_type() == at::kFloat && bias_c.numel() == b.size(0)),
+              "f32_gemm_nt: bias float32 (N)");
+  const float* bias_ptr = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  const int64_t m_size = ac.size(0), n_size = bc.size(0), k_size = ac.size(1);
+  at::Tensor out = at::empty({m_size, n_size}, ac.options());
+  const float* a_ptr = ac.data_ptr<float>();
+  const float* b_ptr = bc.data_ptr<float>();
+  float* out_ptr = out.data_ptr<float>();
+  constexpr int NB = F32_NB, RB = F32_RB;
+  const int64_t grain = std::max<int64_t>(NB, 16384 / std::max<int64_t>(1, k_size));
+  at::parallel_for(0, n_size, grain, [&](int64_t begin, int64_t end) {
+    float block[RB][NB];
+    for (int64_t n = begin; n < end; n += NB) {
+      const int64_t nb = std::min<int64_t>(NB, end - n);
+      const float* w = b_ptr + n * k_size;
+      for (int64_t m = 0; m < m_size; m += RB) {
+        const int r = static_cast<int>(std::min<int64_t>(RB, m_size - m));
+        f32_block<NB, RB>(r, nb, a_ptr + m * k_size, k_size, w, k_size, &block[0][0]);
+        for (int i = 0; i < r; ++i)
+          for (int64_t j = 0; j < nb; ++j)
+            out_ptr[(m + i) * n_size + n + j] = block[i][j] + (bias_ptr ? bias_ptr[n + j] : 0.f);
+      }
+    }
+  });
+  return out;
+}
+
 // whether bf16_gemm_nt was compiled with AVX-512 BF16 (elsewhere its plain C++ is no match for oneDNN)
 bool bf16_native() {
 #if defined(__AVX512BF16__)
@@ -302,11 +450,13 @@ TORCH_LIBRARY(victorian_gpt, m) {
   m.def("bf16_native() -> bool");
   m.def("int8_linear(Tensor x, Tensor qweight, Tensor weight_scale, Tensor? bias=None) -> Tensor");
   m.def("bf16_gemm_nt(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
+  m.def("f32_gemm_nt(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(victorian_gpt, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("bf16_gemm_nt", &bf16_gemm_nt);
+  m.impl("f32_gemm_nt", &f32_gemm_nt);
 }
 
 TORCH_LIBRARY_IMPL(victorian_gpt, CompositeExplicitAutograd, m) {

@@ -97,6 +97,13 @@ class Engine:
             raise ValueError(f"`max_batch_total_tokens` ({self.max_batch_total_tokens}) must be >= `max_total_tokens` "
                              f"({self.limits.max_total_tokens}), or no request of full length could ever run")
         self.prefix_cache = PrefixCache(int(prefix_cache_tokens), int(prefix_cache_block_size))
+        # A batch-invariant model (textgen.invariant) decodes each row as it would alone; the prompts' prefill then
+        # goes in pieces of the prefix cache's blocks, cut at the same places whatever else runs, so a prompt's KV
+        # has the same bits whether it is computed (in any step) or found in the cache.
+        self.batch_invariant = bool(getattr(model, "batch_invariant", False))
+        if self.batch_invariant and self.prefix_cache.block_size > self.max_batch_prefill_tokens:
+            raise ValueError(f"`max_batch_prefill_tokens` ({self.max_batch_prefill_tokens}) must be at least the "
+                             f"prefix cache's block size ({self.prefix_cache.block_size})")
         self.prefilled_tokens = 0  # prompt tokens computed so far (not counting those the prefix cache served)
         self.eos_ids = _eos_ids(model)
         params = inspect.signature(model.forward).parameters
@@ -168,6 +175,7 @@ class Engine:
             "max_batch_prefill_tokens": self.max_batch_prefill_tokens,
             "max_waiting_tokens": self.max_waiting_tokens,
             "waiting_served_ratio": self.waiting_served_ratio,
+            "batch_invariant": self.batch_invariant,
             **self.prefix_cache.stats(),
         }
 
@@ -303,7 +311,13 @@ class Engine:
                     if generation.cache is None:
                         generation.cache = _new_cache(self.model.config)
                 start = generation.prefilled
-                chunk = generation.input_ids[start : start + budget]
+                end = start + budget
+                if self.batch_invariant:  # one block of the grid, never cut by what others used of the budget
+                    grid = self.prefix_cache.block_size
+                    end = (start // grid + 1) * grid
+                    if end - start > budget and budget < self.max_batch_prefill_tokens:
+                        break  # the next step's
+                chunk = generation.input_ids[start:end]
                 logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
                                        [list(range(start, start + len(chunk)))], generation.cache)
                 generation.prefilled += len(chunk)

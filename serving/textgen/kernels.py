@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 # Each block of weight rows is read from memory once for all the rows, so a few rows cost little more than one; a bf16
 # row costs more arithmetic than an int8 one (dpbf16 multiplies 32 pairs per instruction, dpbusd 64), hence fewer rows.
 INT8_KERNEL_MAX_ROWS = 8
-BF16_KERNEL_MAX_ROWS = 4
+BF16_KERNEL_MAX_ROWS = 8
 _state: dict = {}
 
 
@@ -68,4 +68,6 @@ def _build():
     torch.library.register_fake("victorian_gpt::int8_linear")(
         lambda x, qweight, weight_scale, bias=None: x.new_empty((x.shape[0], qweight.shape[0])))
     torch.library.register_fake("victorian_gpt::bf16_gemm_nt")(
+        lambda a, b, bias=None: a.new_empty((a.shape[0], b.shape[0])))
+    torch.library.register_fake("victorian_gpt::f32_gemm_nt")(
         lambda a, b, bias=None: a.new_empty((a.shape[0], b.shape[0])))

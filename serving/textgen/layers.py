@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from victorian_gpt.utils.modeling import is_linear_layer
+
+
+def is_decode_step(x: torch.Tensor) -> bool:
+    """A linear layer's input of one token per sequence, (B, 1, C): a decode step's rows, where a batch's sequences
+    meet (a prompt's prefill is (1, T, C))."""
+    return x.dim() >= 3 and x.shape[-2] == 1
 
 
 def replace_linear_layers(model: nn.Module, make: Callable[[nn.Module], nn.Module],

@@ -7,6 +7,7 @@ every command-line front end.
 from __future__ import annotations
 
 import argparse
+import logging
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -15,8 +16,11 @@ from victorian_gpt.utils.hub import model_source
 
 from .compiled import compile_decode
 from .int8 import quantize_int8
+from .invariant import make_batch_invariant
 from .kernels import bf16_kernel_native
 from .packed import pack_bf16
+
+logger = logging.getLogger("victorian_gpt.serving")
 
 QUANTIZE_CHOICES = ("int8",)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -79,7 +83,8 @@ def _config_dtype(config: dict) -> torch.dtype:
 
 
 def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.dtype | None = None, revision=None,
-               quantize: str | None = None, trust_remote_code: bool = False, torch_compile: bool = False):
+               quantize: str | None = None, trust_remote_code: bool = False, torch_compile: bool = False,
+               batch_invariant: bool = True):
     """(model, tokenizer) from a Hub id or a local folder, through the Auto classes.
 
     `dtype`: "auto" (what the front ends default to) is bf16 where the device computes it natively (AVX-512 BF16 or
@@ -93,6 +98,10 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     `torch_compile`: `generate()` decodes through a static KV cache and a torch.compile'd forward
     (`textgen.compiled`); a bf16 model keeps plain weights there if the decode kernels cannot be built (torch.compile
     cannot trace oneDNN's packed ones).
+    `batch_invariant` (the default): a sequence decodes to the same bits alone or in the engine's batch
+    (`textgen.invariant`); where that cannot be had (a GPU, no decode kernels), a warning says why and the model loads
+    without it. `model.batch_invariant` says which. (With `torch_compile`, which compiles `generate()`'s decoding of
+    one sequence, there is no batch and it is left out.)
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quantize not in (None, *QUANTIZE_CHOICES):
@@ -105,18 +114,35 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     tokenizer = AutoTokenizer.from_pretrained(source["name"], trust_remote_code=trust, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(source["name"], trust_remote_code=trust, revision=revision,
                                                  dtype=chosen)
-    model.to(device).eval()
+    prepare_for_serving(model.to(device).eval(), why, quantize=quantize, torch_compile=torch_compile,
+                        batch_invariant=batch_invariant)
+    return model, tokenizer
+
+
+def prepare_for_serving(model, why: str = "asked", *, quantize: str | None = None, torch_compile: bool = False,
+                        batch_invariant: bool = True):
+    """What `load_model` does to a loaded model, in place (see its docstring for each option): int8 or packed bf16
+    linear layers, batch-invariant decoding, the compiled decode step; `model.serving_dtype` says what was chosen and
+    why (`why`: how the dtype was chosen). Returns `model`."""
+    cpu = model.device.type == "cpu"
     if quantize == "int8":
         quantize_int8(model)
-    elif model.dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+    elif model.dtype == torch.bfloat16 and cpu:
         kernel = bf16_kernel_native()  # else oneDNN packing, which torch.compile cannot trace
         if (kernel or not torch_compile) and pack_bf16(model).packed_linear_layers:
             why += "; linear layers on the bf16 decode kernel" if kernel else "; linear layers packed for oneDNN"
+    model.batch_invariant = False
+    if batch_invariant and not torch_compile:  # the compiled step is generate()'s, one sequence: no batch to vary
+        refused = make_batch_invariant(model)
+        if refused:
+            logger.warning("serving without batch invariance: %s", refused)
+        else:
+            why += "; batch-invariant decoding"
     if torch_compile:
         compile_decode(model)
         why += "; generate() decodes through torch.compile"
     model.serving_dtype = f"{str(model.dtype).removeprefix('torch.')} ({why})"
-    return model, tokenizer
+    return model
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,9 +159,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let a Hub model whose config.json has auto_map run its own code (pin --revision to a "
                              "commit hash); a native model needs none, and a local folder's code is trusted")
+    parser.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode a sequence to the same bits (so the same text for a seed) alone or beside others "
+                             "(default); --no-batch-invariant gives that up for PyTorch's kernels in batches of many "
+                             "rows (docs/generation-engine.md)")
 
 
 def load_model_from_args(args: argparse.Namespace, **options):
     """`load_model` as the flags of `add_model_arguments` (and `options`, e.g. torch_compile) ask."""
     return load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                      revision=args.revision, trust_remote_code=args.trust_remote_code, **options)
+                      revision=args.revision, trust_remote_code=args.trust_remote_code,
+                      batch_invariant=args.batch_invariant, **options)

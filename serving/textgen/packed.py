@@ -16,7 +16,7 @@ from torch import nn
 from victorian_gpt.utils.modeling import linear_weight
 
 from .kernels import BF16_KERNEL_MAX_ROWS, bf16_kernel_native
-from .layers import replace_linear_layers
+from .layers import is_decode_step, replace_linear_layers
 
 
 def packing_available() -> bool:
@@ -38,6 +38,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.kernel = kernel and bf16_kernel_native()
+        self.invariant = False  # make_batch_invariant: a decode step's rows all go through the kernel
         if self.kernel:
             self.register_buffer("plain_weight", weight.detach().contiguous(), persistent=False)
         else:  # an opaque oneDNN tensor: not a parameter or buffer, so state_dict, .to() and dtype checks never see it
@@ -58,7 +59,7 @@ class PackedLinear(nn.Module):
         if not self.kernel:
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] > BF16_KERNEL_MAX_ROWS:
+        if rows.shape[0] > BF16_KERNEL_MAX_ROWS and not (self.invariant and is_decode_step(x)):
             return F.linear(x, self.plain_weight, self.bias)
         out = torch.ops.victorian_gpt.bf16_gemm_nt(rows, self.plain_weight, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
