@@ -1,14 +1,21 @@
-"""A Text Generation Inference-compatible HTTP server for a VictorianGPT export (or any causal LM on the Hub).
+"""A Text Generation Inference-compatible HTTP server for a VictorianGPT export (or any causal LM on the Hub), with
+OpenAI's API beside it.
 
 `victorian-gpt serve MODEL [--host 127.0.0.1] [--port 8080]` speaks TGI's wire protocol, so `text_generation.Client`,
-`huggingface_hub.InferenceClient(base_url)` and anything else written for TGI work unchanged:
+`huggingface_hub.InferenceClient(base_url)` and anything else written for TGI work unchanged, and OpenAI's
+(`/v1/completions`, `/v1/chat/completions`, `/v1/models`: openai_api.py), so the `openai` package, LangChain and
+lm-eval's `local-completions` do too; `/tokenize`, `/detokenize`, `/tokenizer_info` (tokenizer_api.py) and a
+WebSocket stream, `/generate_ws` (websocket.py), complete it. All of them share one engine and one validation
+(`textgen.prepare_request`), so a value is refused the same way by every route.
 
 - `POST /generate` → `{"generated_text", "details"?}`; `POST /generate_stream` → server-sent events, one
   `{"index", "token", "top_tokens", "generated_text": null, "details": null}` per token, the last one carrying
   `generated_text` (and `details` when asked); `POST /` switches on `"stream"` and wraps a non-streamed answer in a
   list, defaulting `return_full_text` to true as TGI does for text-generation models; `GET /info`, `GET /health`.
-- Parameters and their checks are TGI's; a bad one is HTTP 422 `{"error": ..., "error_type": "validation"}`. A prompt
-  longer than `--max-input-tokens` is rejected unless the request sets `truncate`, which keeps its last tokens.
+- Parameters and their checks are TGI's; a bad one is HTTP 422 `{"error": ..., "error_type": "validation"}` (on
+  OpenAI's routes, 400 in OpenAI's shape). A prompt longer than `--max-input-tokens` is rejected unless the request
+  sets `truncate`, which keeps its last tokens. `top_n_tokens` (up to `--max-top-n-tokens`) streams each step's most
+  likely tokens, as TGI does.
 - Every request goes through one batching engine (`textgen.Engine`): the running sequences decode together, one
   token each per step, new requests join between steps and finished ones leave, so concurrent streams share each read
   of the weights instead of competing for the cores. Streams never share tokens or random state; a client that
@@ -23,6 +30,8 @@
   path. `--quantize int8` serves int8 weights on CPU (textgen.Int8Linear).
 - Remote code runs only when safe or asked: a native model (no `auto_map`) never runs any, a local export folder is
   trusted (its code is on your disk), a Hub repo with remote code needs `--trust-remote-code` (pin `--revision`).
+- `--api-key KEY` (or `VICTORIAN_GPT_API_KEY`): every route but /health then needs `Authorization: Bearer KEY`
+  (auth.py). `GET /metrics` uses TGI's metric names (metrics.py).
 """
 
 from __future__ import annotations
@@ -32,18 +41,25 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from contextlib import asynccontextmanager
 
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from victorian_gpt import __version__
 
 from . import textgen
+from .auth import APIKeyMiddleware, resolve_api_key, warn_if_exposed
+from .errors import openai_error, openai_shaped, tgi_error
+from .metrics import ServerMetrics
+from .openai_api import OpenAIError, openai_router, read_chat_template
+from .tokenizer_api import tokenizer_router
+from .websocket import websocket_router
 
 logger = logging.getLogger("victorian_gpt.serving")
 
@@ -82,9 +98,7 @@ class GenerateRequest(BaseModel):
     stream: bool = False  # only read by `POST /`
 
 
-def error_response(status: int, message: str, error_type: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
-
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait before trying again (`Retry-After`)
 
 Overloaded = textgen.Overloaded
 
@@ -100,11 +114,18 @@ class TGIServer:
     """
 
     def __init__(self, model, tokenizer, *, model_id: str, limits: textgen.Limits, max_concurrent_requests: int = 128,
-                 engine: str = "batch", engine_options: dict | None = None):
+                 engine: str = "batch", engine_options: dict | None = None, served_model_name: str | None = None,
+                 chat_template: str | None = None):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.tokenizer, self.model_id, self.limits = model, tokenizer, model_id, limits
+        self.served_model_name = served_model_name or model_id  # the name OpenAI's routes answer with (`model`)
+        self.chat_template = chat_template  # Jinja, as transformers' `chat_template`; None: /v1/chat/completions is 400
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.max_concurrent_requests = max_concurrent_requests
+        self.metrics_registry = ServerMetrics()
+        self.created = int(time.time())
         self.live: set[textgen.Generation] = set()  # thread engine: generations started and not yet finished
         self.engine = None
         if engine == "batch":
@@ -127,6 +148,7 @@ class TGIServer:
             "max_concurrent_requests": self.max_concurrent_requests,
             "max_best_of": 1,
             "max_stop_sequences": self.limits.max_stop_sequences,
+            "max_top_n_tokens": self.limits.max_top_n_tokens,
             "max_input_tokens": self.limits.max_input_tokens,
             "max_input_length": self.limits.max_input_tokens,  # the name before TGI 2.1
             "max_total_tokens": self.limits.max_total_tokens,
@@ -141,17 +163,30 @@ class TGIServer:
         }
 
     def metrics(self) -> str:
-        """Prometheus text exposition: the engine's gauges and counters, prefixed `tgi_` as TGI's are."""
+        """Prometheus text exposition: TGI's request metrics, then the engine's gauges and counters, prefixed `tgi_`
+        as TGI's are."""
         values = self.engine.metrics() if self.engine is not None else {
             "requests_in_flight": sum(not g.done.is_set() for g in self.live)}
-        lines = []
-        for name, value in values.items():
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# TYPE tgi_{name} {kind}", f"tgi_{name} {value}"]
-        return "\n".join(lines) + "\n"
+        return self.metrics_registry.render(values)
+
+    def submit(self, input_ids: list[int], params: textgen.GenerationParameters, *, asynchronous: bool = True):
+        """Start a validated request (`textgen.prepare_request`) on the engine (or its own thread): every front end's
+        way in. Raises `Overloaded` beyond `max_concurrent_requests` in flight."""
+        if self.engine is not None:
+            generation = self.engine.submit(input_ids, params, asynchronous=asynchronous)  # Overloaded: 429
+        else:
+            # Counted by the threads themselves, so a response that never started streaming cannot leak a slot.
+            self.live = {g for g in self.live if not g.done.is_set()}
+            if len(self.live) >= self.max_concurrent_requests:
+                raise Overloaded("Model is overloaded")
+            generation = textgen.Generation(self.model, self.tokenizer, input_ids, params, asynchronous=asynchronous)
+            self.live.add(generation)
+        generation.input_length = len(input_ids)
+        self.metrics_registry.track(generation)
+        return generation
 
     def start(self, req: GenerateRequest, *, asynchronous: bool = True) -> textgen.Generation:
-        """Validate `req` (TGI's rules) and start its generation thread."""
+        """Validate `req` (TGI's rules) and start its generation."""
         p = req.parameters
         if p.best_of is not None and p.best_of != 1:
             raise textgen.ValidationError("`best_of` != 1 is not allowed for this endpoint")
@@ -159,8 +194,6 @@ class TGIServer:
             raise textgen.ValidationError("`frequency_penalty` must be >= -2.0 and <= 2.0")
         if p.frequency_penalty:
             raise textgen.ValidationError("`frequency_penalty` is not supported by this server")
-        if p.top_n_tokens:
-            raise textgen.ValidationError(f"`top_n_tokens` must be >= 0 and <= 0. Given: {p.top_n_tokens}")
         if p.grammar is not None:
             raise textgen.ValidationError("grammar is not supported")
         if p.watermark:
@@ -181,28 +214,34 @@ class TGIServer:
             seed=p.seed,
             stop=p.stop,
             truncate=p.truncate,
+            top_n_tokens=p.top_n_tokens,
         )
-        if self.engine is not None:
-            generation = self.engine.submit(input_ids, params, asynchronous=asynchronous)  # Overloaded: 429
-            generation.input_length = len(input_ids)
-            return generation
-        # Counted by the threads themselves, so a response that never started streaming cannot leak a slot.
-        self.live = {g for g in self.live if not g.done.is_set()}
-        if len(self.live) >= self.max_concurrent_requests:
-            raise Overloaded("Model is overloaded")
-        generation = textgen.Generation(self.model, self.tokenizer, input_ids, params, asynchronous=asynchronous)
-        generation.input_length = len(input_ids)
-        self.live.add(generation)
-        return generation
+        return self.submit(input_ids, params, asynchronous=asynchronous)
 
     @torch.inference_mode()
+    def prompt_logprobs(self, input_ids: list[int], top_n: int = 0) -> list[tuple[float | None, list]]:
+        """Each prompt token's log-probability under the model given the tokens before it (None for the first), and
+        with `top_n` the `top_n` most likely tokens at its position as (id, logprob), best first: one forward pass.
+        TGI's `decoder_input_details` and OpenAI's `echo` with `logprobs`."""
+        ids = torch.tensor([input_ids], device=self.model.device)
+        logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1]
+        out: list[tuple[float | None, list]] = [(None, [])]
+        for start in range(0, logits.shape[0], 256):  # float32 log-softmax a slice at a time (vocabularies are large)
+            logprobs = torch.log_softmax(logits[start : start + 256].float(), dim=-1)
+            picked = logprobs.gather(-1, ids[0, start + 1 : start + 1 + logprobs.shape[0], None])[:, 0].tolist()
+            if top_n:
+                values, top_ids = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
+                tops = [list(zip(i, v)) for i, v in zip(top_ids.tolist(), values.clamp(min=textgen.LOGPROB_FLOOR).tolist())]
+            else:
+                tops = [[] for _ in picked]
+            out += list(zip(picked, tops))
+        return out
+
     def prefill(self, input_ids: list[int]) -> list[dict]:
         """TGI's `decoder_input_details`: the prompt tokens with the log-probability the model gives each."""
-        ids = torch.tensor([input_ids], device=self.model.device)
-        logprobs = torch.log_softmax(self.model(ids).logits[0, :-1].float(), dim=-1)
-        picked = logprobs.gather(-1, ids[0, 1:, None])[:, 0].tolist()
+        logprobs = [lp for lp, _ in self.prompt_logprobs(input_ids)]
         texts = [self.tokenizer.decode([i]) for i in input_ids]
-        return [{"id": i, "text": t, "logprob": lp} for i, t, lp in zip(input_ids, texts, [None] + picked)]
+        return [{"id": i, "text": t, "logprob": lp} for i, t, lp in zip(input_ids, texts, logprobs)]
 
     def details(self, generation: textgen.Generation, stream: bool) -> dict:
         details = {
@@ -215,7 +254,8 @@ class TGIServer:
         else:
             details["prefill"] = generation.prefill
             details["tokens"] = [t.to_dict() for t in generation.tokens]
-            details["top_tokens"] = None
+            details["top_tokens"] = ([[top.to_dict() for top in t.top_tokens] for t in generation.tokens]
+                                     if generation.params.top_n_tokens else None)
             details["best_of_sequences"] = None
         return details
 
@@ -256,7 +296,9 @@ class TGIServer:
                 index, ended = 0, False
                 async for token in generation:
                     index += 1
-                    event = {"index": index, "token": token.to_dict(), "top_tokens": None,
+                    event = {"index": index, "token": token.to_dict(),
+                             "top_tokens": [t.to_dict() for t in token.top_tokens] if generation.params.top_n_tokens
+                             else None,
                              "generated_text": None, "details": None}
                     if token.last:  # TGI's last event also carries the whole text (and details if asked)
                         ended = True
@@ -284,37 +326,64 @@ def _sse(payload: dict) -> str:
 
 
 def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None = None,
-               max_concurrent_requests: int = 128, engine: str = "batch", engine_options: dict | None = None) -> FastAPI:
-    """The FastAPI application serving `model` with TGI's routes (see `TGIServer` for `engine` and its options)."""
+               max_concurrent_requests: int = 128, engine: str = "batch", engine_options: dict | None = None,
+               api_key: str | None = None, chat_template: str | None = None,
+               served_model_name: str | None = None) -> FastAPI:
+    """The FastAPI application serving `model` with TGI's routes, OpenAI's, the tokenizer's and the WebSocket stream
+    (see `TGIServer` for `engine` and its options). `api_key`: every route but /health needs it (auth.py);
+    `chat_template`: the Jinja text /v1/chat/completions renders messages with (none: that route is a 400)."""
     server = TGIServer(model, tokenizer, model_id=model_id, limits=limits or textgen.Limits.for_model(model, tokenizer),
-                       max_concurrent_requests=max_concurrent_requests, engine=engine, engine_options=engine_options)
+                       max_concurrent_requests=max_concurrent_requests, engine=engine, engine_options=engine_options,
+                       served_model_name=served_model_name, chat_template=chat_template)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         server.close()  # in flight requests end with an error event; the engine thread stops
 
-    app = FastAPI(title="VictorianGPT — Text Generation Inference API", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="VictorianGPT — Text Generation Inference and OpenAI APIs", version=__version__,
+                  lifespan=lifespan)
     app.state.server = server
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
 
+    # Each route answers in its own protocol's error shape: OpenAI's on /v1/... (400 for bad input), TGI's elsewhere.
     @app.exception_handler(RequestValidationError)
     async def _bad_json(request: Request, exc: RequestValidationError):
+        server.metrics_registry.failure("validation")
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return error_response(422, f"Failed to deserialize the JSON body: `{where}`: {first.get('msg', exc)}",
+        if openai_shaped(request.url.path):
+            return openai_error(400, f"`{where}`: {first.get('msg', exc)}", param=where or None)
+        return tgi_error(422, f"Failed to deserialize the JSON body: `{where}`: {first.get('msg', exc)}",
                               "validation")
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_invalid(request: Request, exc: OpenAIError):
+        if exc.status == 400:
+            server.metrics_registry.failure("validation")
+        return openai_error(exc.status, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(textgen.ValidationError)
     async def _invalid(request: Request, exc: textgen.ValidationError):
-        return error_response(422, str(exc), "validation")
+        server.metrics_registry.failure("validation")
+        if openai_shaped(request.url.path):
+            return openai_error(400, str(exc))
+        return tgi_error(422, str(exc), "validation")
 
     @app.exception_handler(textgen.GenerationError)
     async def _failed(request: Request, exc: textgen.GenerationError):
-        return error_response(424, str(exc), "generation")
+        if openai_shaped(request.url.path):
+            return openai_error(500, str(exc))
+        return tgi_error(424, str(exc), "generation")
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded):
-        return error_response(429, str(exc), "overloaded")
+        server.metrics_registry.failure("overloaded")
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        if openai_shaped(request.url.path):
+            return openai_error(429, str(exc), code="rate_limit_exceeded", headers=headers)
+        return tgi_error(429, str(exc), "overloaded", headers=headers)
 
     @app.post("/generate")
     async def generate(request: Request, req: GenerateRequest):
@@ -344,13 +413,18 @@ def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None
     async def health():
         return Response(status_code=200)
 
+    app.include_router(openai_router(server))
+    app.include_router(tokenizer_router(server))
+    app.include_router(websocket_router(server, GenerateRequest))
     return app
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="victorian-gpt serve",
-        description="Serve a model over Text Generation Inference's HTTP API (/generate, /generate_stream, /info).",
+        description="Serve a model over Text Generation Inference's HTTP API (/generate, /generate_stream, /info) and "
+                    "OpenAI's (/v1/completions, /v1/chat/completions, /v1/models), with a WebSocket stream "
+                    "(/generate_ws) and tokenizer routes (/tokenize, /detokenize, /tokenizer_info).",
     )
     textgen.add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
@@ -361,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prompt + generated tokens per request (default: the model's context length)")
     parser.add_argument("--max-concurrent-requests", type=int, default=128,
                         help="requests in flight (queued or running); more get HTTP 429 (default: %(default)s)")
+    parser.add_argument("--max-top-n-tokens", type=int, default=textgen.MAX_TOP_N_TOKENS,
+                        help="most `top_n_tokens` (TGI) or `logprobs` (OpenAI) a request may ask (default: %(default)s)")
+    api = parser.add_argument_group("OpenAI's API and access")
+    api.add_argument("--served-model-name", default=None,
+                     help="the model's name on OpenAI's routes (/v1/models, `model` in answers) (default: MODEL)")
+    api.add_argument("--chat-template", default=None, metavar="FILE",
+                     help="a Jinja chat template (as transformers' `chat_template`) for /v1/chat/completions; a base "
+                          "model has none, so that route is a 400 without it. Shipped: " + read_chat_template.SHIPPED)
+    api.add_argument("--api-key", default=None,
+                     help="require `Authorization: Bearer KEY` on every route but /health (default: the "
+                          "VICTORIAN_GPT_API_KEY environment variable; none)")
     batching = parser.add_argument_group("batching (TGI's launcher flags)")
     batching.add_argument("--max-batch-size", type=int, default=32,
                           help="sequences decoded together at most (default: %(default)s)")
@@ -389,8 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        chat_template = read_chat_template(args.chat_template) if args.chat_template else None
+    except (OSError, ValueError) as error:
+        print(f"victorian-gpt serve: --chat-template: {error}", file=sys.stderr)
+        return 2
+    api_key = resolve_api_key(args.api_key)
+    try:
         model, tokenizer = textgen.load_model_from_args(args)
-        limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens)
+        limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens,
+                                          args.max_top_n_tokens)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2
@@ -400,11 +492,14 @@ def main(argv: list[str] | None = None) -> int:
                           prefix_cache_tokens=args.prefix_cache_tokens)
     try:
         app = create_app(model, tokenizer, model_id=args.model, limits=limits, engine=args.engine,
-                         max_concurrent_requests=args.max_concurrent_requests, engine_options=engine_options)
+                         max_concurrent_requests=args.max_concurrent_requests, engine_options=engine_options,
+                         api_key=api_key, chat_template=chat_template, served_model_name=args.served_model_name)
     except ValueError as error:
         print(f"victorian-gpt serve: {error}", file=sys.stderr)
         return 2
-    logger.info("serving %s on http://%s:%d (%s)", args.model, args.host, args.port, limits)
+    logger.info("serving %s on http://%s:%d (%s)%s", args.model, args.host, args.port, limits,
+                "; API key required" if api_key else "")
+    warn_if_exposed(args.host, api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -78,6 +78,7 @@ from .packed import PackedLinear, pack_bf16, packing_available
 from .params import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_STOP_SEQUENCES,
+    MAX_TOP_N_TOKENS,
     GenerationParameters,
     Limits,
     context_length,
@@ -88,23 +89,31 @@ from .params import (
 from .prefix_cache import PrefixCache
 from .request import active_generations
 from .streaming import (
+    LOGPROB_FLOOR,
     STREAM_TIMEOUT_S,
     AsyncTokenStreamer,
     CancelCriteria,
+    FrequencyPresencePenaltyLogitsProcessor,
+    MinNewTokensLogitsProcessor,
     StopSequenceCriteria,
     Token,
     TokenChooser,
     TokenStreamer,
+    next_text,
+    request_processors,
     sampling_warpers,
+    token_texts,
 )
 from .threads import Generation, generate_text
 
 __all__ = [
     "AsyncTokenStreamer", "add_model_arguments", "BatchedGeneration", "CancelCriteria", "BF16_KERNEL_MAX_ROWS", "INT8_KERNEL_MAX_ROWS", "bf16_kernel_native",
     "compile_decode", "decode_kernels_available", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
-    "Engine", "Generation", "GenerationError", "GenerationParameters", "Int8Linear", "Limits",
-    "MAX_STOP_SEQUENCES", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
+    "Engine", "FrequencyPresencePenaltyLogitsProcessor", "Generation", "GenerationError", "GenerationParameters",
+    "Int8Linear", "Limits", "LOGPROB_FLOOR", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS", "MinNewTokensLogitsProcessor",
+    "next_text", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
     "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
     "context_length", "control_parameters", "generate_text", "load_model", "load_model_from_args", "model_source", "native_bf16",
-    "pack_bf16", "packing_available", "prepare_request", "quantize_int8", "resolve_dtype", "sampling_defaults", "sampling_warpers",
+    "pack_bf16", "packing_available", "prepare_request", "quantize_int8", "request_processors", "resolve_dtype", "sampling_defaults", "sampling_warpers",
+    "token_texts",
 ]

@@ -15,6 +15,7 @@ from .errors import ValidationError
 
 DEFAULT_MAX_NEW_TOKENS = 100  # what TGI generates when a request names no `max_new_tokens`
 MAX_STOP_SEQUENCES = 4  # TGI's `--max-stop-sequences` default
+MAX_TOP_N_TOKENS = 5  # TGI's `--max-top-n-tokens` default (and OpenAI's largest `logprobs`)
 
 
 def context_length(model, tokenizer) -> int:
@@ -42,11 +43,16 @@ class Limits:
     max_input_tokens: int
     max_total_tokens: int
     max_stop_sequences: int = MAX_STOP_SEQUENCES
+    max_top_n_tokens: int = MAX_TOP_N_TOKENS
 
     @classmethod
-    def for_model(cls, model, tokenizer, max_input_tokens=None, max_total_tokens=None) -> "Limits":
+    def for_model(cls, model, tokenizer, max_input_tokens=None, max_total_tokens=None,
+                  max_top_n_tokens=MAX_TOP_N_TOKENS) -> Limits:
         total = max_total_tokens or context_length(model, tokenizer)
-        limits = cls(max_input_tokens=max_input_tokens or total - 1, max_total_tokens=total)
+        limits = cls(max_input_tokens=max_input_tokens or total - 1, max_total_tokens=total,
+                     max_top_n_tokens=int(max_top_n_tokens))
+        if limits.max_top_n_tokens < 0:
+            raise ValueError(f"need max_top_n_tokens >= 0, got {limits.max_top_n_tokens}")
         if not 0 < limits.max_input_tokens < limits.max_total_tokens <= context_length(model, tokenizer):
             raise ValueError(
                 f"need 0 < max_input_tokens ({limits.max_input_tokens}) < max_total_tokens ({total}) "
@@ -68,11 +74,17 @@ class GenerationParameters:
     repetition_penalty: float = 1.0
     seed: int | None = None  # set whenever do_sample is (drawn at random if the request gave none), as TGI reports it
     stop: tuple[str, ...] = ()
+    top_n_tokens: int = 0  # TGI's: the most likely tokens of each step, with their log-probabilities
+    frequency_penalty: float = 0.0  # OpenAI's: minus penalty x times a token was generated, on its logit
+    presence_penalty: float = 0.0  # OpenAI's: minus penalty once a token was generated, on its logit
+    min_new_tokens: int = 0  # transformers' (vLLM's `min_tokens`): no end of sequence nor stop sequence before
+    eos_token_id: tuple[int, ...] = ()  # what `min_new_tokens` holds back (the model's end-of-sequence ids)
+    ignore_eos: bool = False  # vLLM's: generate through end-of-sequence tokens, up to `max_new_tokens`
 
 
 def prepare_request(
     tokenizer,
-    inputs: str,
+    inputs: str | list[int],
     limits: Limits,
     *,
     max_new_tokens: int | None = None,
@@ -85,11 +97,20 @@ def prepare_request(
     seed: int | None = None,
     stop: list[str] | tuple[str, ...] | None = None,
     truncate: int | None = None,
+    top_n_tokens: int | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    min_new_tokens: int | None = None,
+    ignore_eos: bool = False,
+    eos_token_id: int | list[int] | None = None,
 ) -> tuple[list[int], GenerationParameters]:
     """Check a request with TGI's rules and tokenize its prompt. Returns (prompt token ids, parameters).
 
-    As in TGI, giving any of temperature/top_k/top_p/typical_p turns sampling on; a prompt longer than
-    `max_input_tokens` is rejected unless `truncate` is given, in which case only its last `truncate` tokens are kept.
+    `inputs` is the prompt's text, or its token ids. As in TGI, giving any of temperature/top_k/top_p/typical_p
+    turns sampling on; a prompt longer than `max_input_tokens` is rejected unless `truncate` is given, in which case
+    only its last `truncate` tokens are kept. Every front end (TGI's routes, OpenAI's, the Space, the CLI) maps its
+    own names onto these, so a value is refused the same way whichever route it came by. `eos_token_id` (default:
+    the tokenizer's) is what `min_new_tokens` holds back.
     """
     sampling = do_sample or any(v is not None for v in (temperature, top_k, top_p, typical_p))
     if temperature is not None and temperature <= 0:
@@ -111,6 +132,21 @@ def prepare_request(
         raise ValidationError("`stop` sequences cannot be empty")
     if seed is not None and not 0 <= seed < 2**64:
         raise ValidationError("`seed` must be an integer in [0, 2^64)")
+    if top_n_tokens is not None and not 0 <= top_n_tokens <= limits.max_top_n_tokens:
+        raise ValidationError(
+            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n_tokens}"
+        )
+    for name, value in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise ValidationError(f"`{name}` must be >= -2.0 and <= 2.0")
+    if min_new_tokens is not None and min_new_tokens < 0:
+        raise ValidationError(f"`min_new_tokens` must be >= 0. Given: {min_new_tokens}")
+    if not isinstance(inputs, str):  # token ids
+        inputs = list(inputs)
+        vocabulary = len(tokenizer)
+        bad = next((i for i in inputs if not isinstance(i, int) or not 0 <= i < vocabulary), None)
+        if bad is not None:
+            raise ValidationError(f"`inputs` token ids must be in [0, {vocabulary}). Given: {bad}")
     if not inputs:
         raise ValidationError("`inputs` cannot be empty")
     if truncate is not None and not 0 < truncate <= limits.max_input_tokens:
@@ -118,7 +154,7 @@ def prepare_request(
             f"`truncate` must be strictly positive and less than {limits.max_input_tokens}. Given: {truncate}"
         )
 
-    ids = tokenizer(inputs, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(inputs, add_special_tokens=False)["input_ids"] if isinstance(inputs, str) else inputs
     input_length = min(len(ids), truncate) if truncate is not None else len(ids)
     if max_new_tokens is None:  # TGI: whatever fits, up to its default length
         max_new_tokens = max(1, min(DEFAULT_MAX_NEW_TOKENS, limits.max_total_tokens - input_length))
@@ -131,6 +167,14 @@ def prepare_request(
         raise ValidationError(f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_length}")
     if input_length == 0:
         raise ValidationError("`inputs` cannot be empty")
+    if min_new_tokens and min_new_tokens > max_new_tokens:
+        raise ValidationError(
+            f"`min_new_tokens` must be <= `max_new_tokens`. Given: {min_new_tokens} `min_new_tokens` and "
+            f"{max_new_tokens} `max_new_tokens`"
+        )
+    if eos_token_id is None:
+        eos_token_id = tokenizer.eos_token_id
+    eos = tuple(eos_token_id if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id])
 
     params = GenerationParameters(
         max_new_tokens=int(max_new_tokens),
@@ -142,6 +186,12 @@ def prepare_request(
         repetition_penalty=float(repetition_penalty) if repetition_penalty is not None else 1.0,
         seed=(int(seed) if seed is not None else random.getrandbits(63)) if sampling else None,
         stop=stop,
+        top_n_tokens=int(top_n_tokens or 0),
+        frequency_penalty=float(frequency_penalty or 0.0),
+        presence_penalty=float(presence_penalty or 0.0),
+        min_new_tokens=int(min_new_tokens or 0),
+        eos_token_id=tuple(sorted(int(i) for i in eos if i is not None)) if min_new_tokens else (),
+        ignore_eos=bool(ignore_eos),
     )
     return ids[len(ids) - input_length :], params
 

@@ -35,11 +35,15 @@ class _Request:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.tokens: list[Token] = []
-        self.chooser = TokenChooser(params.do_sample, params.seed)
+        self.chooser = TokenChooser(params.do_sample, params.seed, params.top_n_tokens)
         streamer_cls = AsyncTokenStreamer if asynchronous else TokenStreamer
         self.streamer = streamer_cls(tokenizer, self.chooser, timeout=timeout)
-        self.stop_criteria = StopSequenceCriteria(tokenizer, params.stop, len(input_ids)) if params.stop else None
+        self.stop_criteria = (StopSequenceCriteria(tokenizer, params.stop, len(input_ids), params.min_new_tokens)
+                              if params.stop else None)
+        if params.ignore_eos:  # vLLM's ignore_eos: only the length or a stop sequence ends this request
+            self.eos_ids = frozenset()
         self.started = time.perf_counter()
+        self.finished_at: float | None = None
         self.state = "queued"
         with _active_lock:
             _active.add(self)
@@ -47,6 +51,7 @@ class _Request:
     def _finished(self, state: str):
         """Called once by whatever computed the request, when it stops computing (any reason)."""
         self.state = state
+        self.finished_at = time.perf_counter()
         self.done.set()
         with _active_lock:
             _active.discard(self)

@@ -12,7 +12,7 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from .params import GenerationParameters, Limits, prepare_request
 from .request import _eos_ids, _ids, _Request
-from .streaming import STREAM_TIMEOUT_S, CancelCriteria, sampling_warpers
+from .streaming import STREAM_TIMEOUT_S, CancelCriteria, request_processors
 
 logger = logging.getLogger("victorian_gpt.serving")
 
@@ -34,9 +34,9 @@ class Generation(_Request):
     name: str = field(default_factory=lambda: f"gen-{next(_ids)}")
 
     def __post_init__(self):
+        self.eos_ids = _eos_ids(self.model)  # (none with `ignore_eos`: _setup clears them)
         self._setup(self.tokenizer, self.input_ids, self.params, self.timeout, self.asynchronous, self.name)
         self.cancel_criteria = CancelCriteria(self.cancelled)
-        self.eos_ids = _eos_ids(self.model)
         # The streamer sees each token after the stopping criteria ran on it, so it can tell the last one.
         self.streamer.is_last = lambda token_id, count: (
             count >= self.params.max_new_tokens
@@ -59,12 +59,12 @@ class Generation(_Request):
             temperature=1.0,
             top_k=None,
             top_p=1.0,
-            repetition_penalty=p.repetition_penalty,
-            eos_token_id=defaults.eos_token_id,
+            repetition_penalty=1.0,  # in request_processors, with the other processors, in the engine's order
+            eos_token_id=sorted(self.eos_ids),  # [] with `ignore_eos` (None would mean "the model's")
             bos_token_id=defaults.bos_token_id,
             pad_token_id=defaults.pad_token_id if defaults.pad_token_id is not None else defaults.eos_token_id,
         )
-        warpers = sampling_warpers(p)
+        warpers = request_processors(p)
         warpers.append(self.chooser)
         criteria = StoppingCriteriaList([self.cancel_criteria])
         if self.stop_criteria is not None:
