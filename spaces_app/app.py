@@ -10,7 +10,9 @@ by token. The Stop button, a closed tab or an error ends the Gradio generator, w
 batch at the next step. Environment: MODEL_ID, TGI_URL, CONCURRENCY_LIMIT (generations decoded together, default 8),
 QUANTIZE (`int8`: int8 linear layers, the fast CPU path), DTYPE (`auto`, the default: bf16 where the hardware
 computes it natively, else the model's own; `float32`: the exact path), TRUST_REMOTE_CODE (`1` lets a Hub model with
-remote code run it; a local folder's code is trusted and a native model needs none), PREFIX_CACHE_TOKENS (the KV of
+remote code run it; a local folder's code is trusted and a native model needs none), BATCH_INVARIANT (`1`, the
+default: a seed gives the same text whatever else is being generated; `0` gives that up for speed in large batches),
+PREFIX_CACHE_TOKENS (the KV of
 recently seen openings, such as the examples, is kept for this many tokens, default 4096; 0 = off),
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 
@@ -55,6 +57,8 @@ QUANTIZE = os.environ.get("QUANTIZE") or None  # "int8": see textgen.quantize_in
 DTYPE = os.environ.get("DTYPE") or "auto"  # see textgen.load_model
 TRUST_REMOTE_CODE = os.environ.get("TRUST_REMOTE_CODE", "").lower() in ("1", "true", "yes")
 PREFIX_CACHE_TOKENS = int(os.environ.get("PREFIX_CACHE_TOKENS", "4096"))  # KV of repeated openings kept; 0 = off
+# a seed gives the same text whatever else is being written (textgen.invariant); 0 trades that for speed in big batches
+BATCH_INVARIANT = os.environ.get("BATCH_INVARIANT", "1").lower() not in ("0", "false", "no")
 
 EXAMPLES = [
     "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals,",
@@ -80,9 +84,10 @@ class LocalBackend:
     """The model loaded in this process."""
 
     def __init__(self, model_id: str, quantize: str | None = QUANTIZE, dtype: str = DTYPE,
-                 trust_remote_code: bool = TRUST_REMOTE_CODE):
+                 trust_remote_code: bool = TRUST_REMOTE_CODE, batch_invariant: bool = BATCH_INVARIANT):
         self.model, self.tokenizer = textgen.load_model(model_id, quantize=quantize, dtype=dtype,
-                                                        trust_remote_code=trust_remote_code)
+                                                        trust_remote_code=trust_remote_code,
+                                                        batch_invariant=batch_invariant)
         self.precision = self.model.serving_dtype  # e.g. "bfloat16 (auto: the CPU computes bf16 (amx_bf16))"
         self.limits = textgen.Limits.for_model(self.model, self.tokenizer)
         self.defaults = textgen.sampling_defaults(self.model.generation_config)

@@ -69,6 +69,10 @@ class Engine:
     With `prefix_cache_tokens` > 0, a prompt whose opening (whole blocks of `prefix_cache_block_size` tokens) was
     prefilled before starts from a copy of that KV and prefills only the rest (see prefix_cache.py).
 
+    A batch-invariant model (`load_model`'s default, textgen.invariant) decodes each row with the bits it would get
+    alone; the engine then prefills every prompt in pieces of exactly those blocks, cut at the same places whatever
+    else is running, so the prompt's KV has the same bits computed in any step or taken from the prefix cache.
+
     The model contract: `model(input_ids [B, T], attention_mask [B, past + T], position_ids [B, T], cache=Cache,
     use_cache=True, logits_to_keep=1)` returning `.logits`; any transformers causal LM taking a `DynamicCache`
     (ours, `GPT2LMHeadModel`, Llama...) fits.
@@ -78,7 +82,7 @@ class Engine:
                  max_batch_size: int = 32, max_batch_total_tokens: int | None = None,
                  max_batch_prefill_tokens: int = 256, waiting_served_ratio: float = 0.3, max_waiting_tokens: int = 20,
                  timeout: float | None = STREAM_TIMEOUT_S, name: str = "engine", prefix_cache_tokens: int = 0,
-                 prefix_cache_block_size: int = 16):
+                 prefix_cache_block_size: int = 64):
         self.model, self.tokenizer = model, tokenizer
         self.limits = limits or Limits.for_model(model, tokenizer)
         self.max_concurrent_requests = int(max_concurrent_requests)
@@ -97,13 +101,12 @@ class Engine:
             raise ValueError(f"`max_batch_total_tokens` ({self.max_batch_total_tokens}) must be >= `max_total_tokens` "
                              f"({self.limits.max_total_tokens}), or no request of full length could ever run")
         self.prefix_cache = PrefixCache(int(prefix_cache_tokens), int(prefix_cache_block_size))
-        # A batch-invariant model (textgen.invariant) decodes each row as it would alone; the prompts' prefill then
-        # goes in pieces of the prefix cache's blocks, cut at the same places whatever else runs, so a prompt's KV
-        # has the same bits whether it is computed (in any step) or found in the cache.
         self.batch_invariant = bool(getattr(model, "batch_invariant", False))
-        if self.batch_invariant and self.prefix_cache.block_size > self.max_batch_prefill_tokens:
-            raise ValueError(f"`max_batch_prefill_tokens` ({self.max_batch_prefill_tokens}) must be at least the "
-                             f"prefix cache's block size ({self.prefix_cache.block_size})")
+        # the prefill's pieces: a cache block, or an even part of one within the step's budget
+        self.prefill_piece = min(self.prefix_cache.block_size, self.max_batch_prefill_tokens)
+        if self.batch_invariant and self.prefix_cache.block_size % self.prefill_piece:
+            raise ValueError(f"`max_batch_prefill_tokens` ({self.max_batch_prefill_tokens}) must divide the prefix "
+                             f"cache's block size ({self.prefix_cache.block_size}) or exceed it")
         self.prefilled_tokens = 0  # prompt tokens computed so far (not counting those the prefix cache served)
         self.eos_ids = _eos_ids(model)
         params = inspect.signature(model.forward).parameters
@@ -312,10 +315,9 @@ class Engine:
                         generation.cache = _new_cache(self.model.config)
                 start = generation.prefilled
                 end = start + budget
-                if self.batch_invariant:  # one block of the grid, never cut by what others used of the budget
-                    grid = self.prefix_cache.block_size
-                    end = (start // grid + 1) * grid
-                    if end - start > budget and budget < self.max_batch_prefill_tokens:
+                if self.batch_invariant:  # one piece of the grid, never cut by what others used of the budget
+                    end = (start // self.prefill_piece + 1) * self.prefill_piece
+                    if end - start > budget:
                         break  # the next step's
                 chunk = generation.input_ids[start:end]
                 logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
