@@ -246,8 +246,13 @@ def test_engine_min_tokens_ignore_eos_and_top_tokens(tiny_export):
     assert all(t.top_tokens[0].logprob == t.logprob for t in threaded)
 
 
-def test_exposed_without_key_warns(caplog):
+def test_exposed_without_key_warns(caplog, monkeypatch):
     from serving.auth import resolve_api_key, warn_if_exposed
+
+    monkeypatch.setenv("VICTORIAN_GPT_API_KEY", "from-env")
+    assert resolve_api_key(None) == "from-env" and resolve_api_key("flag") == "flag"
+    monkeypatch.delenv("VICTORIAN_GPT_API_KEY")
+    assert resolve_api_key(None) is None
 
     with caplog.at_level(logging.WARNING, logger="victorian_gpt.serving"):
         warn_if_exposed("127.0.0.1", None)
@@ -259,8 +264,10 @@ def test_exposed_without_key_warns(caplog):
 
 
 def test_a_stream_that_fails_midway_sends_an_error_event_then_done(tiny_export):
-    """A real engine whose forward pass fails at its fourth call, behind the real app (in process)."""
+    """A real engine whose forward pass fails at every fourth call, behind the real app (in process): the OpenAI
+    stream ends with an error event and `[DONE]`, the WebSocket with an error frame and close code 1011."""
     from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
 
     from serving import textgen
     from serving.server import create_app
@@ -272,7 +279,7 @@ def test_a_stream_that_fails_midway_sends_an_error_event_then_done(tiny_export):
 
     def failing_forward(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] % 4 == 0:
             raise RuntimeError("boom at step 4")
         return forward(*args, **kwargs)
 
@@ -286,6 +293,14 @@ def test_a_stream_that_fails_midway_sends_an_error_event_then_done(tiny_export):
         error = json.loads(events[-2])["error"]
         assert "boom at step 4" in error["message"] and error["type"] == "server_error"
         assert all("choices" in json.loads(e) for e in events[:-2])
+        with http.websocket_connect("/generate_ws") as ws:
+            ws.send_text(json.dumps({"inputs": PROMPT, "parameters": {"max_new_tokens": 20}}))
+            frames = []
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    frames.append(json.loads(ws.receive_text()))
+        assert closed.value.code == 1011 and frames[-1]["error_type"] == "generation"
+        assert "boom at step 4" in frames[-1]["error"] and all("token" in f for f in frames[:-1])
         # a base model has no chat template: a 400 that says so
         answer = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello"}]})
         assert answer.status_code == 400 and "no chat template" in answer.json()["error"]["message"]
@@ -680,3 +695,50 @@ metric_list:
                         str(pg19_tiny), "--split", "validation", "--block_size", "1022"], stdout=handle, check=True)
     reference_bpb = json.loads(out.read_text())["bits_per_byte"]
     assert ours == pytest.approx(reference_bpb, rel=0.01), (ours, reference_bpb)
+
+
+# ---- a browser
+
+
+@pytest.mark.slow  # the server processes, Chromium
+def test_the_documented_browser_page_streams_over_the_websocket(servers, tmp_path):
+    """The HTML page of docs/serving.md, as written, in headless Chromium against the server; and the same page with
+    the key as a subprotocol (what the docs say a browser does) against the server that needs one."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from helpers.isolation import REPO_ROOT
+
+    docs = (REPO_ROOT / "docs" / "serving.md").read_text()
+    page = re.search(r"```html\n(.*?)```", docs, re.S).group(1)
+    assert 'new WebSocket("ws://127.0.0.1:8080/generate_ws")' in page
+    pages = {}
+    for name, (url, _) in servers.items():
+        ws_url = url.replace("http://", "ws://") + "/generate_ws"
+        text = page.replace('"ws://127.0.0.1:8080/generate_ws"', json.dumps(ws_url))
+        if name == "keyed":
+            text = text.replace(f"new WebSocket({json.dumps(ws_url)})",
+                                f'new WebSocket({json.dumps(ws_url)}, ["victorian-gpt", "bearer.{API_KEY}"])')
+        pages[name] = tmp_path / f"{name}.html"
+        pages[name].write_text(text)
+
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        for name, path in pages.items():
+            driver.get(path.as_uri())
+            WebDriverWait(driver, 20).until(lambda d: d.execute_script("return ws.readyState") == 1)
+            opening = driver.find_element(By.ID, "opening").get_attribute("value")
+            driver.find_element(By.ID, "go").click()
+            WebDriverWait(driver, 60).until(
+                lambda d: len(d.find_element(By.ID, "out").text) > len(opening) + 10)
+            shown = driver.find_element(By.ID, "out").text
+            assert shown.startswith(opening) and not re.search(r"\[\w+: ", shown), (name, shown)
+    finally:
+        driver.quit()
