@@ -704,16 +704,15 @@ metric_list:
 def test_the_documented_browser_page_streams_over_the_websocket(servers, tmp_path):
     """The HTML page of docs/serving.md, as written, in headless Chromium against the server; and the same page with
     the key as a subprotocol (what the docs say a browser does) against the server that needs one."""
+    from helpers.isolation import REPO_ROOT
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from helpers.isolation import REPO_ROOT
-
     docs = (REPO_ROOT / "docs" / "serving.md").read_text()
-    page = re.search(r"```html\n(.*?)```", docs, re.S).group(1)
+    page = re.search(r"```html\n(.*?)```", docs, re.DOTALL).group(1)
     assert 'new WebSocket("ws://127.0.0.1:8080/generate_ws")' in page
     pages = {}
     for name, (url, _) in servers.items():
@@ -735,9 +734,10 @@ def test_the_documented_browser_page_streams_over_the_websocket(servers, tmp_pat
             driver.get(path.as_uri())
             WebDriverWait(driver, 20).until(lambda d: d.execute_script("return ws.readyState") == 1)
             opening = driver.find_element(By.ID, "opening").get_attribute("value")
+            shortest = len(opening) + 10
             driver.find_element(By.ID, "go").click()
             WebDriverWait(driver, 60).until(
-                lambda d: len(d.find_element(By.ID, "out").text) > len(opening) + 10)
+                lambda d, shortest=shortest: len(d.find_element(By.ID, "out").text) > shortest)
             shown = driver.find_element(By.ID, "out").text
             assert shown.startswith(opening) and not re.search(r"\[\w+: ", shown), (name, shown)
     finally:
