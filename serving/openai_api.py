@@ -353,8 +353,8 @@ DONE = "data: [DONE]\n\n"
 
 def stream_choices(choices: list[Choice], first_chunks: list[dict], chunk_of, usage_chunk) -> StreamingResponse:
     """Server-sent events for `choices`, their tokens interleaved as they come: `first_chunks`, then
-    `chunk_of(choice, token)` per token (a chunk, a list of them, or None), then `usage_chunk()` (None: no usage asked), then
-    `data: [DONE]`. A generation that fails sends an `error` event, then `[DONE]`."""
+    `chunk_of(choice, token)` per token (a chunk, a list of them, or None), then `usage_chunk()` (None: no usage
+    asked), then `data: [DONE]`. A generation that fails sends an `error` event, then `[DONE]`."""
     running = [c for c in choices if c.generation is not None]
 
     async def events():
@@ -371,7 +371,7 @@ def stream_choices(choices: list[Choice], first_chunks: list[dict], chunk_of, us
                         choice.finished = True
                 if not choice.finished:
                     raise textgen.GenerationError("Incomplete generation")
-            except BaseException as error:  # noqa: BLE001 - carried to the response
+            except Exception as error:  # noqa: BLE001 - carried to the response
                 queue.put_nowait(error)
             finally:
                 queue.put_nowait(ended)
@@ -386,14 +386,14 @@ def stream_choices(choices: list[Choice], first_chunks: list[dict], chunk_of, us
                 item = await queue.get()
                 if item is ended:
                     remaining -= 1
-                elif isinstance(item, BaseException):
+                elif isinstance(item, Exception):
                     raise item
                 else:
                     yield item
             final = usage_chunk()
             if final is not None:
                 yield sse(final)
-        except (textgen.GenerationError, asyncio.TimeoutError) as error:
+        except Exception as error:  # noqa: BLE001 - a failed generation (or anything else) ends the stream visibly
             yield sse(openai_error_body(str(error) or type(error).__name__, 500))
         finally:
             # Closing this generator (Starlette does when the client disconnects) cancels every generation.
