@@ -44,7 +44,7 @@ from victorian_gpt import PRESETS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from serving import textgen  # noqa: E402
-from serving.textgen.loading import prepare_for_serving  # noqa: E402
+from serving.textgen.loading import in_a_thread_of_its_own, prepare_for_serving  # noqa: E402
 
 
 class _Tokenizer:
@@ -171,19 +171,23 @@ def compare_variants(args):
         name, _, suffix = variant.partition("-")
         if name not in ("auto", "int8", "float32", "bfloat16") or suffix not in ("", "variant"):
             raise SystemExit(f"unknown variant {variant!r}: auto, int8, float32 or bfloat16, optionally -variant")
-        torch.manual_seed(0)
-        model = VictorianGPTForCausalLM(config)
-        model.generation_config.eos_token_id = None
-        model.generation_config.pad_token_id = 0
         quantize = "int8" if name == "int8" else None
         dtype, why = textgen.resolve_dtype("auto" if name == "int8" else name, "cpu", torch.float32, quantize)
-        model = prepare_for_serving(model.to(dtype).eval(), why, quantize=quantize,
-                                    batch_invariant=not suffix)
-        served[variant] = (model, textgen.Engine(model, tokenizer, limits=limits))
 
-    def run_engine(engine, batch):
-        generations = [engine.submit(p, params) for p in batch]
-        return [[t.id for t in g] for g in generations]
+        def build(dtype=dtype, why=why, quantize=quantize, suffix=suffix):
+            torch.manual_seed(0)
+            model = VictorianGPTForCausalLM(config)
+            model.generation_config.eos_token_id = None
+            model.generation_config.pad_token_id = 0
+            return prepare_for_serving(model.to(dtype).eval(), why, quantize=quantize, batch_invariant=not suffix)
+
+        served[variant] = in_a_thread_of_its_own(build)  # as load_model does (see there)
+
+    # Each case in a thread that ends with it, as a server runs one engine: see textgen.loading.in_a_thread_of_its_own
+    def run_engine(model, batch):
+        with textgen.Engine(model, tokenizer, limits=limits) as engine:
+            generations = [engine.submit(p, params) for p in batch]
+            return [[t.id for t in g] for g in generations]
 
     def run_generate(model, prompt):
         ids = torch.tensor([prompt])
@@ -194,10 +198,11 @@ def compare_variants(args):
     rates = {}
     for streams in args.streams:
         batch = prompts[:streams]
-        cases = {(v, "engine"): (lambda e=engine: run_engine(e, batch)) for v, (_, engine) in served.items()}
+        cases = {(v, "engine"): (lambda m=model: in_a_thread_of_its_own(run_engine, m, batch))
+                 for v, model in served.items()}
         if streams == 1:
-            cases.update({(v, "generate"): (lambda m=model: run_generate(m, batch[0])) for v, (model, _) in
-                          served.items()})
+            cases.update({(v, "generate"): (lambda m=model: in_a_thread_of_its_own(run_generate, m, batch[0]))
+                          for v, model in served.items()})
         times = {case: [] for case in cases}
         for round_ in range(args.repeats + 1):  # round 0 warms up
             for case, run in cases.items():
@@ -208,7 +213,7 @@ def compare_variants(args):
         for (variant, kind), t in times.items():
             rates[(variant, kind, streams)] = streams * args.new_tokens / statistics.median(t)
         base = args.variants[0]
-        for variant, (model, engine) in served.items():
+        for variant, model in served.items():
             emit({
                 "bench": "batching-variants", "shape": args.preset, "variant": variant, "streams": streams,
                 "new_tokens": args.new_tokens, "dtype": model.serving_dtype,
@@ -219,8 +224,6 @@ def compare_variants(args):
                                        if (variant, "engine", 1) in rates else None),
                 "repeats": args.repeats, **environment(),
             })
-    for _, engine in served.values():
-        engine.close()
 
 
 if __name__ == "__main__":

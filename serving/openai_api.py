@@ -494,7 +494,7 @@ def openai_router(server) -> APIRouter:
         top_n = req.logprobs or 0
 
         async def echoed(p: int) -> list:  # the prompt's logprob entries: one forward pass, off the event loop
-            return await asyncio.to_thread(prompt_entries, server, prepared[p][0], top_n)
+            return await server.on_model_thread(prompt_entries, server, prepared[p][0], top_n)
 
         echo_entries: dict[int, list] = {}
         if req.echo and req.logprobs is not None:

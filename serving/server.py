@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -237,6 +238,13 @@ class TGIServer:
             out += list(zip(picked, tops))
         return out
 
+    async def on_model_thread(self, function, *args):
+        """`function(*args)` run where the model computes: on the engine's thread between two steps (one thread
+        computes, see `textgen.Engine.call`), or with the threads engine on a worker thread; off the event loop."""
+        if self.engine is not None:
+            return await asyncio.wrap_future(self.engine.call(functools.partial(function, *args)))
+        return await asyncio.to_thread(function, *args)
+
     def prefill(self, input_ids: list[int]) -> list[dict]:
         """TGI's `decoder_input_details`: the prompt tokens with the log-probability the model gives each."""
         logprobs = [lp for lp, _ in self.prompt_logprobs(input_ids)]
@@ -270,7 +278,7 @@ class TGIServer:
         try:
             consume = asyncio.ensure_future(_drain(generation))
             # the prompt's own log-probabilities: one forward pass, off the event loop
-            prefill = asyncio.ensure_future(asyncio.to_thread(self.prefill, generation.input_ids)
+            prefill = asyncio.ensure_future(self.on_model_thread(self.prefill, generation.input_ids)
                                             if req.parameters.decoder_input_details else asyncio.sleep(0, []))
             while not consume.done():
                 await asyncio.wait({consume}, timeout=0.25)

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from serving import textgen
 from serving.textgen import invariant, kernels
@@ -104,9 +105,12 @@ def test_the_kernels_give_a_row_the_same_bits_whatever_the_batch():
 
 def test_attention_takes_each_row_of_a_decode_step_over_its_own_keys():
     """A left-padded decode step (one query per row, a mask of the valid keys) gives each row exactly what it gets
-    alone over its own keys; a prompt's prefill (several queries) is transformers' SDPA as it was."""
+    alone over its own keys, and what SDPA gives over them (float rounding apart); a prompt's prefill (several
+    queries) is transformers' SDPA as it was."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if not kernels.decode_kernels_available():
+        pytest.skip("no C++ compiler here: no decode kernels")
     module = torch.nn.Module()
     module.is_causal = True
     generator = torch.Generator().manual_seed(0)
@@ -120,9 +124,12 @@ def test_attention_takes_each_row_of_a_decode_step_over_its_own_keys():
         out, weights = invariant.batch_invariant_attention(module, q, k, v, mask, scaling=dim**-0.5)
         assert weights is None and out.shape == (rows, 1, heads, dim)
         for i, n in enumerate(lengths):
-            alone, _ = invariant.batch_invariant_attention(module, q[i : i + 1], k[i : i + 1, :, total - n :],
-                                                           v[i : i + 1, :, total - n :], None, scaling=dim**-0.5)
+            keys, values = k[i : i + 1, :, total - n :], v[i : i + 1, :, total - n :]
+            alone, _ = invariant.batch_invariant_attention(module, q[i : i + 1], keys, values, None, scaling=dim**-0.5)
             assert torch.equal(out[i : i + 1], alone), (dtype, i)
+            sdpa = F.scaled_dot_product_attention(q[i : i + 1].float(), keys.float(), values.float(), scale=dim**-0.5)
+            tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+            assert (alone.float() - sdpa.transpose(1, 2)).abs().max() < tolerance, (dtype, i)
         prompt = torch.randn(1, heads, 9, dim, generator=generator).to(dtype)
         ours, _ = invariant.batch_invariant_attention(module, prompt, prompt, prompt, None, scaling=0.2)
         theirs, _ = sdpa_attention_forward(module, prompt, prompt, prompt, None, scaling=0.2)

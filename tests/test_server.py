@@ -102,7 +102,8 @@ def test_info_and_health(server):
     assert info["max_concurrent_requests"] == 128 and info["max_batch_size"] == 32
     assert info["max_batch_total_tokens"] == 16384 and info["max_batch_prefill_tokens"] == 256
     assert info["waiting_served_ratio"] == 0.3 and info["max_waiting_tokens"] == 20
-    assert info["model_dtype"] == "torch.float32" and info["dtype"] == "float32 (asked)"
+    assert info["model_dtype"] == "torch.float32" and info["dtype"] == "float32 (asked; batch-invariant decoding)"
+    assert info["batch_invariant"] is True
 
 
 @pytest.mark.slow  # the server process
@@ -111,14 +112,16 @@ def test_prefix_cache_serves_a_repeated_opening_and_metrics_report_it(server, re
     from cache; /info and /metrics (Prometheus text) say so."""
     url, _ = server
     before = requests.get(url + "/info", timeout=10).json()
-    assert before["prefix_cache_max_tokens"] == 4096 and before["prefix_cache_block_size"] == 16
-    body = {"inputs": PROMPT * 2, "parameters": {"max_new_tokens": 6, "details": True}}
+    assert before["prefix_cache_max_tokens"] == 4096 and before["prefix_cache_block_size"] == 64
+    body = {"inputs": PROMPT * 6, "parameters": {"max_new_tokens": 6, "details": True}}  # over one block of 64
     first, second = (requests.post(url + "/generate", json=body, timeout=60).json() for _ in range(2))
     ids = [[t["id"] for t in answer["details"]["tokens"]] for answer in (first, second)]
-    assert ids[0] == ids[1] == greedy_ids(reference, PROMPT * 2, 6)  # (logprobs may differ in their last bits)
+    assert ids[0] == ids[1] == greedy_ids(reference, PROMPT * 6, 6)
+    logprobs = [[t["logprob"] for t in answer["details"]["tokens"]] for answer in (first, second)]
+    assert logprobs[0] == logprobs[1]  # batch-invariant: the cached opening's KV has the bits it had computed
     after = requests.get(url + "/info", timeout=10).json()
     assert after["prefix_cache_hits"] >= before["prefix_cache_hits"] + 1
-    assert after["prefix_cache_tokens_served"] >= before["prefix_cache_tokens_served"] + 16
+    assert after["prefix_cache_tokens_served"] >= before["prefix_cache_tokens_served"] + 64
     assert 0 < after["prefix_cache_size_tokens"] <= 4096
     metrics = requests.get(url + "/metrics", timeout=10)
     assert metrics.headers["content-type"].startswith("text/plain")

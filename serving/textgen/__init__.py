@@ -55,6 +55,8 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     engine.py      the batching engine: Engine, BatchedGeneration
     kv_cache.py    the engine's KV cache layers
     layers.py      swapping a model's linear layers for those serving variants
+    invariant.py   batch-invariant decoding (the default): Float32Linear, batch_invariant_attention,
+                   make_batch_invariant
     packed.py      bf16 linear layers packed for oneDNN (the CPU decode path): PackedLinear, pack_bf16
     prefix_cache.py  the KV of recently prefilled prompt openings (PrefixCache)
 """
@@ -63,15 +65,18 @@ from .compiled import compile_decode
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
 from .int8 import Int8Linear, quantize_int8
+from .invariant import BATCH_INVARIANT, Float32Linear, batch_invariant_attention, make_batch_invariant
 from .kernels import BF16_KERNEL_MAX_ROWS, INT8_KERNEL_MAX_ROWS, bf16_kernel_native, decode_kernels_available
 from .loading import (
     DTYPE_CHOICES,
     QUANTIZE_CHOICES,
     add_model_arguments,
+    in_a_thread_of_its_own,
     load_model,
     load_model_from_args,
     model_source,
     native_bf16,
+    prepare_for_serving,
     resolve_dtype,
 )
 from .packed import PackedLinear, pack_bf16, packing_available
@@ -107,13 +112,15 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "add_model_arguments", "BatchedGeneration", "CancelCriteria", "BF16_KERNEL_MAX_ROWS", "INT8_KERNEL_MAX_ROWS", "bf16_kernel_native",
-    "compile_decode", "decode_kernels_available", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES",
-    "Engine", "FrequencyPresencePenaltyLogitsProcessor", "Generation", "GenerationError", "GenerationParameters",
-    "Int8Linear", "Limits", "LOGPROB_FLOOR", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS", "MinNewTokensLogitsProcessor",
-    "next_text", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
-    "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
-    "context_length", "control_parameters", "generate_text", "load_model", "load_model_from_args", "model_source", "native_bf16",
-    "pack_bf16", "packing_available", "prepare_request", "quantize_int8", "request_processors", "resolve_dtype", "sampling_defaults", "sampling_warpers",
+    "AsyncTokenStreamer", "BATCH_INVARIANT", "BF16_KERNEL_MAX_ROWS", "BatchedGeneration", "CancelCriteria",
+    "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES", "Engine", "Float32Linear", "FrequencyPresencePenaltyLogitsProcessor",
+    "Generation", "GenerationError", "GenerationParameters", "INT8_KERNEL_MAX_ROWS", "Int8Linear", "LOGPROB_FLOOR",
+    "Limits", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS", "MinNewTokensLogitsProcessor", "Overloaded", "PackedLinear",
+    "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S", "StopSequenceCriteria", "Token", "TokenChooser",
+    "TokenStreamer", "ValidationError", "active_generations", "add_model_arguments", "batch_invariant_attention",
+    "bf16_kernel_native", "compile_decode", "context_length", "control_parameters", "decode_kernels_available",
+    "generate_text", "in_a_thread_of_its_own", "load_model", "load_model_from_args", "make_batch_invariant",
+    "model_source", "native_bf16", "next_text", "pack_bf16", "packing_available", "prepare_for_serving",
+    "prepare_request", "quantize_int8", "request_processors", "resolve_dtype", "sampling_defaults", "sampling_warpers",
     "token_texts",
 ]

@@ -5,7 +5,9 @@
 //   bf16_gemm_nt(a bf16 (M, K), b bf16 (N, K), bias) -> bf16 (M, N): float32 sums of exact products (and the bias),
 //   rounded once, as F.linear in bf16 computes them (PackedLinear's decode path);
 //   f32_gemm_nt(a float32 (M, K), b float32 (N, K), bias) -> float32 (M, N): float32 sums, and the bias, in a fixed
-//   order (Float32Linear's decode path).
+//   order (Float32Linear's decode path);
+//   decode_attention(q (B, H, 1, D), k, v (B, Hkv, L, D), starts (B), scale) -> (B, 1, H, D): a decode step's
+//   attention, each sequence over its own keys (batch_invariant_attention's).
 // Every output element is summed in an order that depends on K alone, never on M or on the thread count: a row gets
 // the same bits whatever else is in the batch (batch invariance), which PyTorch's GEMMs do not promise.
 //
@@ -68,44 +70,68 @@ float quantize_row(const float* row, int64_t k_size, int8_t* out) {
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// Exact int32 sums sum_k x[k] * w[j][k] of one unsigned row against NB weight rows. VNNI's dpbusd multiplies unsigned
+// Exact int32 sums sum_k x[k] * w[j][k] of R unsigned rows against NB weight rows. VNNI's dpbusd multiplies unsigned
 // by signed bytes, 4 products into each of 16 int32 lanes (|sum| < 2^31 for any K here); callers shift the signed rows
 // to unsigned (q + 128) and take off 128 * sum_k w[j][k], which SHIFT computes in the same pass (into shifts).
-template <int NB, bool SHIFT>
-inline void int8_dots(const uint8_t* x, const int8_t* w, int64_t k_size, int32_t* sums, int32_t* shifts) {
-  __m512i acc[NB], acc_shift[NB];
-  for (int j = 0; j < NB; ++j) acc[j] = acc_shift[j] = _mm512_setzero_si512();
+template <int R, int NB, bool SHIFT>
+inline void int8_dots(const uint8_t* x, int64_t x_stride, const int8_t* w, int64_t k_size, int32_t* sums,
+                      int64_t sums_stride, int32_t* shifts) {
+  __m512i acc[R][NB], acc_shift[NB];
+  for (int j = 0; j < NB; ++j) {
+    acc_shift[j] = _mm512_setzero_si512();
+    for (int r = 0; r < R; ++r) acc[r][j] = _mm512_setzero_si512();
+  }
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(128));
   int64_t k = 0;
   for (; k + 64 <= k_size; k += 64) {
-    const __m512i xk = _mm512_loadu_si512(x + k);
+    __m512i xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = _mm512_loadu_si512(x + r * x_stride + k);
     for (int j = 0; j < NB; ++j) {
       const __m512i wj = _mm512_loadu_si512(w + j * k_size + k);
       _mm_prefetch(reinterpret_cast<const char*>(w + (kPrefetchBlocks * NB + j) * k_size + k), _MM_HINT_T0);
-      acc[j] = _mm512_dpbusd_epi32(acc[j], xk, wj);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], xk[r], wj);
       if (SHIFT) acc_shift[j] = _mm512_dpbusd_epi32(acc_shift[j], offset, wj);
     }
   }
   if (k < k_size) {
     const __mmask64 mask = (__mmask64(1) << (k_size - k)) - 1;
-    const __m512i xk = _mm512_maskz_loadu_epi8(mask, x + k);
+    __m512i xk[R];
+    for (int r = 0; r < R; ++r) xk[r] = _mm512_maskz_loadu_epi8(mask, x + r * x_stride + k);
     for (int j = 0; j < NB; ++j) {
       const __m512i wj = _mm512_maskz_loadu_epi8(mask, w + j * k_size + k);
-      acc[j] = _mm512_dpbusd_epi32(acc[j], xk, wj);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], xk[r], wj);
       if (SHIFT) acc_shift[j] = _mm512_dpbusd_epi32(acc_shift[j], offset, wj);
     }
   }
   for (int j = 0; j < NB; ++j) {
-    sums[j] = _mm512_reduce_add_epi32(acc[j]);
+    for (int r = 0; r < R; ++r) sums[r * sums_stride + j] = _mm512_reduce_add_epi32(acc[r][j]);
     if (SHIFT) shifts[j] = _mm512_reduce_add_epi32(acc_shift[j]);
   }
 }
-// int8_dots for one input row of a block: the first (which also sums the weight rows for the shift) or a later one
-template <int NB>
-inline void int8_row_dots(bool first, const uint8_t* x, const int8_t* w, int64_t k_size, int32_t* sums,
-                          int32_t* shifts) {
-  if (first) int8_dots<NB, true>(x, w, k_size, sums, shifts);
-  else int8_dots<NB, false>(x, w, k_size, sums, shifts);
+
+#ifndef INT8_NB
+#define INT8_NB 4
+#endif
+#ifndef INT8_RB
+#define INT8_RB 4
+#endif
+// r (<= RB) rows against nb (<= NB) weight rows, into block[i * NB + j]; the first rows of a block (first) also sum
+// the weight rows for the shift
+template <int NB, int RB, int R = RB>
+inline void int8_block(bool first, int r, int64_t nb, const uint8_t* x, int64_t x_stride, const int8_t* w,
+                       int64_t k_size, int32_t* block, int32_t* shifts) {
+  if constexpr (R > 1) {
+    if (r < R) return int8_block<NB, RB, R - 1>(first, r, nb, x, x_stride, w, k_size, block, shifts);
+  }
+  if (nb == NB) {
+    if (first) int8_dots<R, NB, true>(x, x_stride, w, k_size, block, NB, shifts);
+    else int8_dots<R, NB, false>(x, x_stride, w, k_size, block, NB, shifts);
+  } else {
+    for (int64_t j = 0; j < nb; ++j) {
+      if (first) int8_dots<R, 1, true>(x, x_stride, w + j * k_size, k_size, block + j, NB, shifts + j);
+      else int8_dots<R, 1, false>(x, x_stride, w + j * k_size, k_size, block + j, NB, shifts + j);
+    }
+  }
 }
 constexpr bool kVnni = true;
 #else
@@ -147,19 +173,19 @@ inline int32_t dot(const int16_t* x, const int8_t* w, int64_t k_size) {
 void int8_sums(const uint8_t* qu, const int16_t* q16, const int8_t* w_ptr, int64_t k_size, int64_t rows,
                int64_t n_begin, int64_t n_end, int32_t* sums) {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  // weight rows in blocks of 8 (at most 8 * 3 KB here: after the first row reads them from memory, the block stays in
-  // the core's cache for the other rows); the first row's pass also sums each weight row for the shift
+  // weight rows in blocks (a few KB: after the first rows read them from memory, the block stays in the core's
+  // cache for the others), input rows a few at a time; the first rows' pass also sums each weight row for the shift
   (void)q16;
-  constexpr int NB = 8;
-  int32_t block[NB], shift[NB];
+  constexpr int NB = INT8_NB, RB = INT8_RB;
+  int32_t block[RB][NB], shift[NB];
   for (int64_t n = n_begin; n < n_end; n += NB) {
     const int64_t nb = std::min<int64_t>(NB, n_end - n);
     const int8_t* w = w_ptr + n * k_size;
-    for (int64_t m = 0; m < rows; ++m) {
-      const uint8_t* x = qu + m * k_size;
-      if (nb == NB) int8_row_dots<NB>(m == 0, x, w, k_size, block, shift);
-      else for (int64_t j = 0; j < nb; ++j) int8_row_dots<1>(m == 0, x, w + j * k_size, k_size, block + j, shift + j);
-      for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m] = block[j] - shift[j];
+    for (int64_t m = 0; m < rows; m += RB) {
+      const int r = static_cast<int>(std::min<int64_t>(RB, rows - m));
+      int8_block<NB, RB>(m == 0, r, nb, qu + m * k_size, k_size, w, k_size, &block[0][0], shift);
+      for (int i = 0; i < r; ++i)
+        for (int64_t j = 0; j < nb; ++j) sums[(n - n_begin + j) * rows + m + i] = block[i][j] - shift[j];
     }
   }
 #else
@@ -435,6 +461,146 @@ at::Tensor f32_gemm_nt(const at::Tensor& a, const at::Tensor& b, const std::opti
   return out;
 }
 
+#if defined(__AVX512F__)
+// exp(x) for 16 lanes: 2^n * e^r with n = round(x / ln 2), |r| <= ln 2 / 2 (ln 2 split in two for an exact r), e^r by
+// its Taylor polynomial to r^7 (relative error about 1e-7, below float32's own); lanes under -87.3 give 0
+inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  const __mmask16 zero = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(p, n));
+}
+
+// 16 values (float32 or bf16) as float32
+template <typename T>
+inline __m512 load16(const T* p) {
+  if constexpr (std::is_same_v<T, float>) return _mm512_loadu_ps(p);
+  else return _mm512_castsi512_ps(_mm512_slli_epi32(  // bf16 is float32's top 16 bits
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+#endif
+
+// One decode step's attention for one (sequence, head): softmax(scale q . k_j) over the sequence's own keys j in
+// [start, L), times v, summed in a fixed order (float32). `query` is q as float32; `scores` has room for L.
+template <typename T>
+void attend_one(const float* query, const T* keys, int64_t k_stride, const T* values, int64_t v_stride, int64_t start,
+                int64_t l_size, int64_t d_size, float scale, float* scores, float* acc) {
+  float top = -INFINITY;
+#if defined(__AVX512F__)
+  if (d_size % 16 == 0 && d_size <= 256) {
+    const int64_t parts = d_size / 16;
+    __m512 q[16];
+    for (int64_t i = 0; i < parts; ++i) q[i] = _mm512_mul_ps(_mm512_loadu_ps(query + 16 * i), _mm512_set1_ps(scale));
+    for (int64_t j = start; j < l_size; ++j) {
+      const T* k = keys + j * k_stride;
+      __m512 dot = _mm512_mul_ps(q[0], load16(k));
+      for (int64_t i = 1; i < parts; ++i) dot = _mm512_fmadd_ps(q[i], load16(k + 16 * i), dot);
+      scores[j] = _mm512_reduce_add_ps(dot);
+      top = std::max(top, scores[j]);
+    }
+    __m512 total = _mm512_setzero_ps();
+    const __m512 vtop = _mm512_set1_ps(top);
+    int64_t j = start;
+    for (; j + 16 <= l_size; j += 16) {
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vtop));
+      _mm512_storeu_ps(scores + j, e);
+      total = _mm512_add_ps(total, e);
+    }
+    if (j < l_size) {
+      const __mmask16 mask = (__mmask16(1) << (l_size - j)) - 1;
+      const __m512 e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores + j), vtop)));
+      _mm512_mask_storeu_ps(scores + j, mask, e);
+      total = _mm512_add_ps(total, e);
+    }
+    const float sum = _mm512_reduce_add_ps(total);
+    __m512 out[16];
+    for (int64_t i = 0; i < parts; ++i) out[i] = _mm512_setzero_ps();
+    for (int64_t jj = start; jj < l_size; ++jj) {
+      const __m512 p = _mm512_set1_ps(scores[jj]);
+      const T* v = values + jj * v_stride;
+      for (int64_t i = 0; i < parts; ++i) out[i] = _mm512_fmadd_ps(p, load16(v + 16 * i), out[i]);
+    }
+    const __m512 inverse = _mm512_set1_ps(1.f / sum);
+    for (int64_t i = 0; i < parts; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(out[i], inverse));
+    return;
+  }
+#endif
+  for (int64_t j = start; j < l_size; ++j) {
+    float dot = 0.f;
+    for (int64_t d = 0; d < d_size; ++d) dot = std::fma(query[d] * scale, static_cast<float>(keys[j * k_stride + d]), dot);
+    scores[j] = dot;
+    top = std::max(top, dot);
+  }
+  float sum = 0.f;
+  for (int64_t j = start; j < l_size; ++j) sum += (scores[j] = std::exp(scores[j] - top));
+  for (int64_t d = 0; d < d_size; ++d) acc[d] = 0.f;
+  for (int64_t j = start; j < l_size; ++j)
+    for (int64_t d = 0; d < d_size; ++d) acc[d] = std::fma(scores[j], static_cast<float>(values[j * v_stride + d]), acc[d]);
+  for (int64_t d = 0; d < d_size; ++d) acc[d] *= 1.f / sum;
+}
+
+template <typename T>
+void decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const int64_t* starts,
+                           float scale, at::Tensor& out) {
+  const int64_t b_size = q.size(0), h_size = q.size(1), d_size = q.size(3), l_size = k.size(2);
+  const int64_t group = h_size / k.size(1);
+  const T* q_ptr = q.data_ptr<T>();
+  const T* k_ptr = k.data_ptr<T>();
+  const T* v_ptr = v.data_ptr<T>();
+  T* out_ptr = out.data_ptr<T>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  at::parallel_for(0, b_size * h_size, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> query(d_size), acc(d_size), scores(l_size);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / h_size, h = bh % h_size, kvh = h / group;
+      for (int64_t d = 0; d < d_size; ++d) query[d] = static_cast<float>(q_ptr[b * qs0 + h * qs1 + d]);
+      attend_one<T>(query.data(), k_ptr + b * ks0 + kvh * ks1, ks2, v_ptr + b * vs0 + kvh * vs1, vs2, starts[b],
+                    l_size, d_size, scale, scores.data(), acc.data());
+      T* o = out_ptr + (b * h_size + h) * d_size;
+      for (int64_t d = 0; d < d_size; ++d) o[d] = static_cast<T>(acc[d]);
+    }
+  });
+}
+
+// One query per sequence (a decode step) against that sequence's own keys [starts[b], L): each (sequence, head) by
+// one thread, in a fixed order, so a sequence gets the same bits whatever else is in the batch. q (B, H, 1, D); k, v
+// (B, Hkv, L, D) with the head dimension contiguous (views into a KV cache are fine); H a multiple of Hkv (grouped
+// queries). Returns (B, 1, H, D), the layout attention implementations return, in q's dtype.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& starts,
+                            double scale) {
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "decode_attention: CPU tensors only");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1, "decode_attention: q (B, H, 1, D), "
+              "k and v (B, Hkv, L, D); got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(3) == q.size(3) && k.size(1) > 0 &&
+              q.size(1) % k.size(1) == 0, "decode_attention: mismatched shapes ", q.sizes(), ", ", k.sizes());
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
+              (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16),
+              "decode_attention: float32 or bf16 q, k, v of one dtype");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: head dim not contiguous");
+  const at::Tensor st = starts.to(at::kLong).contiguous();
+  TORCH_CHECK(st.numel() == q.size(0), "decode_attention: one start per sequence");
+  const int64_t* s_ptr = st.data_ptr<int64_t>();
+  for (int64_t b = 0; b < q.size(0); ++b)
+    TORCH_CHECK(s_ptr[b] >= 0 && s_ptr[b] < k.size(2), "decode_attention: sequence ", b, " attends to no key");
+  at::Tensor out = at::empty({q.size(0), 1, q.size(1), q.size(3)}, q.options());
+  if (q.scalar_type() == at::kFloat) decode_attention_impl<float>(q, k, v, s_ptr, static_cast<float>(scale), out);
+  else decode_attention_impl<at::BFloat16>(q, k, v, s_ptr, static_cast<float>(scale), out);
+  return out;
+}
+
 // whether bf16_gemm_nt was compiled with AVX-512 BF16 (elsewhere its plain C++ is no match for oneDNN)
 bool bf16_native() {
 #if defined(__AVX512BF16__)
@@ -451,12 +617,14 @@ TORCH_LIBRARY(victorian_gpt, m) {
   m.def("int8_linear(Tensor x, Tensor qweight, Tensor weight_scale, Tensor? bias=None) -> Tensor");
   m.def("bf16_gemm_nt(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
   m.def("f32_gemm_nt(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor starts, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(victorian_gpt, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("bf16_gemm_nt", &bf16_gemm_nt);
   m.impl("f32_gemm_nt", &f32_gemm_nt);
+  m.impl("decode_attention", &decode_attention);
 }
 
 TORCH_LIBRARY_IMPL(victorian_gpt, CompositeExplicitAutograd, m) {

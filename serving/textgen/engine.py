@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -30,7 +31,7 @@ class BatchedGeneration(_Request):
         self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
         self.input_ids, self.params, self.timeout = list(input_ids), params, timeout
         self.name = name or f"gen-{next(_ids)}"
-        self.eos_ids = engine.eos_ids
+        self.eos_ids = engine.eos_ids  # (none with `ignore_eos`: _setup clears them)
         self._setup(self.tokenizer, self.input_ids, params, timeout, asynchronous, self.name)
         self.finishing = False  # set by the engine just before it hands over the last token
         self.streamer.is_last = lambda token_id, count: self.finishing
@@ -113,6 +114,7 @@ class Engine:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._cond = threading.Condition()
         self._incoming: collections.deque[BatchedGeneration] = collections.deque()
+        self._calls: collections.deque = collections.deque()  # (function, future): other work on the model
         self._in_flight = 0  # submitted and not finished (guarded by _cond)
         self._closed = False
         # engine thread only:
@@ -156,6 +158,19 @@ class Engine:
             self._incoming.append(generation)
             self._cond.notify()
         return generation
+
+    def call(self, function) -> concurrent.futures.Future:
+        """Run `function()` on the engine's thread between two steps (the model's other work, such as a prompt's
+        log-probabilities for TGI's `decoder_input_details` or OpenAI's `echo`); returns its future. One thread does
+        all of the model's computing: GNU OpenMP keeps worker threads for every thread that runs parallel work, and
+        beyond one pool per core it stops letting them wait actively, which makes every parallel region slower."""
+        future = concurrent.futures.Future()
+        with self._cond:
+            if self._closed:
+                raise GenerationError("the engine is shut down")
+            self._calls.append((function, future))
+            self._cond.notify()
+        return future
 
     @contextlib.contextmanager
     def held(self):
@@ -219,7 +234,8 @@ class Engine:
 
     # -- the engine thread
     def _has_work(self) -> bool:  # under self._cond
-        return bool(self._closed or self._incoming or self._waiting or self._prefilling or self._running)
+        return bool(self._closed or self._incoming or self._calls or self._waiting or self._prefilling
+                    or self._running)
 
     def _loop(self):
         while True:
@@ -234,6 +250,13 @@ class Engine:
                     break
                 self._waiting.extend(self._incoming)
                 self._incoming.clear()
+                calls, self._calls = self._calls, collections.deque()
+            for function, future in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(function())
+                    except BaseException as error:  # carried to the caller
+                        future.set_exception(error)
             try:
                 with torch.inference_mode():
                     self._step()
@@ -243,6 +266,10 @@ class Engine:
         with self._cond:
             self._waiting.extend(self._incoming)
             self._incoming.clear()
+            calls, self._calls = self._calls, collections.deque()
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(GenerationError("the engine was shut down"))
         self._fail_all(GenerationError("the engine was shut down"))
 
     def _step(self):

@@ -9,7 +9,7 @@ row alone. So in a decode step (one new token per sequence), where a request's r
   by the inner dimension alone, for any number of rows (`PackedLinear` in bf16, `Float32Linear` here in float32,
   `Int8Linear`, exact, in int8);
 - attention takes each row by itself, over its own keys (`batch_invariant_attention`, the model's attention
-  implementation, registered with transformers as `BATCH_INVARIANT`).
+  implementation, registered with transformers as `BATCH_INVARIANT`, on the `decode_attention` kernel).
 Everything else in a step (norms, rotary, activations, embeddings) is computed row by row anyway. Prefill runs one
 request at a time; the engine cuts every prompt at the same places whatever else is running and keeps in its prefix
 cache only whole pieces cut that way (engine.py), so a prompt's KV has the same bits whether it was computed or
@@ -44,23 +44,21 @@ BATCH_INVARIANT = "batch_invariant_sdpa"  # the attention implementation's name 
 
 def batch_invariant_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' SDPA attention, except for a step of one query per sequence (decode): there each sequence attends
-    alone, over its own keys (the valid ones of its row of the mask: the engine pads on the left), with no mask; so its
-    result is the bits it gets alone. Returns (output (B, T, H, D), None) as every attention implementation does."""
-    if query.shape[2] != 1:  # a prompt's prefill: one sequence at a time in the engine
+    alone, over its own keys (the valid ones of its row of the mask: the engine pads on the left), in an order that
+    does not depend on the others (the decode kernel `decode_attention`, one call for the batch; `make_batch_invariant`
+    sets this implementation only where the kernels are built). Returns (output (B, T, H, D), None) as every
+    implementation does."""
+    if query.shape[2] != 1 or (module.training and dropout):  # a prompt's prefill: one sequence at a time
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    outputs = []
-    for row in range(query.shape[0]):
-        start = 0
-        if attention_mask is not None:
-            valid = attention_mask[row, 0, -1]
-            valid = valid if valid.dtype == torch.bool else valid > torch.finfo(valid.dtype).min / 2
-            start = int(valid.int().argmax())  # the first key this row attends to (left padding before it)
-        out, _ = sdpa_attention_forward(module, query[row : row + 1], key[row : row + 1, :, start:],
-                                        value[row : row + 1, :, start:], None, dropout=dropout, scaling=scaling,
-                                        **kwargs)
-        outputs.append(out)
-    return torch.cat(outputs), None
+    if attention_mask is None:
+        starts = torch.zeros(query.shape[0], dtype=torch.long)
+    else:  # the first key each row attends to (left padding before it)
+        valid = attention_mask[:, 0, -1]
+        valid = valid if valid.dtype == torch.bool else valid > torch.finfo(valid.dtype).min / 2
+        starts = valid.int().argmax(dim=-1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return torch.ops.victorian_gpt.decode_attention(query, key, value, starts, scale), None
 
 
 AttentionInterface.register(BATCH_INVARIANT, batch_invariant_attention)

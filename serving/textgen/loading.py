@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,6 +104,38 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     without it. `model.batch_invariant` says which. (With `torch_compile`, which compiles `generate()`'s decoding of
     one sequence, there is no batch and it is left out.)
     """
+    return in_a_thread_of_its_own(_load_model, model_id, device=device, dtype=dtype, revision=revision,
+                                  quantize=quantize, trust_remote_code=trust_remote_code,
+                                  torch_compile=torch_compile, batch_invariant=batch_invariant)
+
+
+def in_a_thread_of_its_own(function, *args, **kwargs):
+    """`function(*args, **kwargs)` computed in a thread that ends when it returns (its error raised here).
+
+    Loading runs this way so that the thread which then runs the model (the engine's, a `Generation`'s) is the
+    process's only one with a pool of OpenMP workers. GNU OpenMP, PyTorch's CPU thread pool on Linux, keeps workers
+    for every thread that ever ran parallel work, and once it manages more threads than there are CPUs it stops
+    letting idle workers wait actively: every parallel region (each linear layer of a decode step) then waits for its
+    workers to wake, and on 2 cores a decode step took up to twice as long when the main thread had loaded the model
+    (docs/generation-engine.md)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = function(*args, **kwargs)
+        except BaseException as error:  # raised in the caller's thread
+            box["error"] = error
+
+    worker = threading.Thread(target=run, name="load-model")
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _load_model(model_id: str, *, device, dtype, revision, quantize, trust_remote_code, torch_compile,
+                batch_invariant):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
