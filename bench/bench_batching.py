@@ -23,6 +23,7 @@ streams (the first variant is the base) and each variant's 8-against-1 scaling.
     python bench/bench_batching.py [--preset gpt2-124m] [--streams 1 8] [--new-tokens 32] [--repeats 3]
         [--no-continuous-batching] [--dtype auto]
     python bench/bench_batching.py --variants auto auto-variant int8 int8-variant --streams 1 8
+    python bench/bench_batching.py --export runs/pg19-sample-cpu/model --variants auto int8   # an export, as served
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=textgen.DTYPE_CHOICES)
     parser.add_argument("--no-continuous-batching", dest="cb", action="store_false",
                         help="skip transformers' generate_batch")
+    parser.add_argument("--export", default=None,
+                        help="with --variants: load this export folder as `victorian-gpt serve` does (load_model) "
+                             "instead of random weights of --preset")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="compare ways of serving instead: auto, int8, float32, bfloat16, each with an optional "
                              "'-variant' suffix (batch invariance off)")
@@ -160,7 +164,12 @@ def compare_variants(args):
     """Each variant a model prepared for serving and its own engine; the same prompts; alternating rounds."""
     from victorian_gpt import VictorianGPTConfig, VictorianGPTForCausalLM
 
-    config = VictorianGPTConfig.from_preset(args.preset, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if args.export:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.export, trust_remote_code=True)
+    else:
+        config = VictorianGPTConfig.from_preset(args.preset, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     tokenizer = _Tokenizer()
     limits = textgen.Limits(max_input_tokens=config.n_positions - 1, max_total_tokens=config.n_positions)
     generator = torch.Generator().manual_seed(0)
@@ -177,11 +186,16 @@ def compare_variants(args):
         def build(dtype=dtype, why=why, quantize=quantize, suffix=suffix):
             torch.manual_seed(0)
             model = VictorianGPTForCausalLM(config)
-            model.generation_config.eos_token_id = None
-            model.generation_config.pad_token_id = 0
             return prepare_for_serving(model.to(dtype).eval(), why, quantize=quantize, batch_invariant=not suffix)
 
-        served[variant] = in_a_thread_of_its_own(build)  # as load_model does (see there)
+        if args.export:
+            model, _ = textgen.load_model(args.export, dtype="auto" if quantize else name, quantize=quantize,
+                                          batch_invariant=not suffix)
+        else:
+            model = in_a_thread_of_its_own(build)  # as load_model does (see there)
+        model.generation_config.eos_token_id = None
+        model.generation_config.pad_token_id = 0
+        served[variant] = model
 
     # Each case in a thread that ends with it, as a server runs one engine: see textgen.loading.in_a_thread_of_its_own
     def run_engine(model, batch):
@@ -215,7 +229,8 @@ def compare_variants(args):
         base = args.variants[0]
         for variant, model in served.items():
             emit({
-                "bench": "batching-variants", "shape": args.preset, "variant": variant, "streams": streams,
+                "bench": "batching-variants", "model": args.export or args.preset, "variant": variant,
+                "streams": streams,
                 "new_tokens": args.new_tokens, "dtype": model.serving_dtype,
                 "engine_tokens_per_s": round(rates[(variant, "engine", streams)], 1),
                 "generate_tokens_per_s": round(rates[(variant, "generate", 1)], 1) if streams == 1 else None,
