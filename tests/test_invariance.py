@@ -59,7 +59,8 @@ def parameters(i: int, max_new_tokens: int) -> dict:
 
 def alone_and_together(model, tokenizer, texts: list[str], max_new_tokens: int, **options):
     """(tokens and logprobs of each request alone in a fresh engine, the same of all of them at once in one engine
-    whose prefix cache already holds the shared opening), and that engine's largest batch and cache hits. `options`:
+    whose prefix cache already holds the shared opening, beside a request cancelled part-way), and that engine's
+    largest batch and cache hits. `options`:
     the engines' (e.g. a small prefill budget, which the prompts then share step by step)."""
     limits = textgen.Limits.for_model(model, tokenizer)
     requests = [textgen.prepare_request(tokenizer, text, limits, **parameters(i, max_new_tokens))
@@ -75,7 +76,12 @@ def alone_and_together(model, tokenizer, texts: list[str], max_new_tokens: int, 
         list(engine.submit(requests[1][0], textgen.GenerationParameters(max_new_tokens=1)))  # the opening, cached
         with engine.held():  # every request in one batch from the first step (timing would vary it run to run)
             together = [engine.submit(*request) for request in requests[: len(requests) // 2]]
+            quitter = engine.submit(requests[0][0], textgen.GenerationParameters(max_new_tokens=500))
         together += [engine.submit(*request) for request in requests[len(requests) // 2 :]]  # and joining later
+        stream = iter(quitter)
+        for _ in range(3):  # a neighbour that hangs up part-way leaves the batch
+            next(stream)
+        quitter.cancel()
         together = [result(generation) for generation in together]
         return alone, together, engine.peak_batch_size, engine.prefix_cache.hits
 
