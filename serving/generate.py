@@ -5,12 +5,14 @@
     victorian-gpt generate MODEL --interactive
 
 Sampling defaults are the model's own (`generation_config.json`); the flags override them. Generation itself is the
-engine's (serving/textgen/), so the CLI, the Space and the TGI server validate and sample
-identically: `--prompt` and `--interactive` run `generate()` for their one request; `--prompts-file` puts all its
-prompts through the batching engine (`textgen.Engine`), which decodes up to `--batch-size` of them together. `--dtype
-auto` (the default) is bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes it natively, otherwise the model's own
-dtype; `--dtype float32` is the exact path; `--quantize int8` loads int8 weights (the CPU path); `--torch-compile` decodes `--prompt` and `--interactive`
-through a static KV cache and torch.compile (compiled once, then faster per token). A Hub model with
+engine's (serving/textgen/), so the CLI, the Space and the TGI server validate and sample identically: every mode
+runs its continuations through one batching engine (`textgen.Engine`; `--prompts-file` decodes up to `--batch-size`
+prompts together). `--max-new-tokens` may go past the model's context: when the window is full the context shifts
+(`--context-keep`, `--context-discard`; docs/generation-engine.md), and an opening longer than the model reads is cut
+from the left with a notice. `--dtype auto` (the default) is bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes
+it natively, otherwise the model's own dtype; `--dtype float32` is the exact path; `--quantize int8` loads int8
+weights (the CPU path); `--torch-compile` runs `--prompt` and `--interactive` through `generate()` with a static KV
+cache and torch.compile (compiled once, then faster per token; it stops at the model's context). A Hub model with
 remote code (config.json with `auto_map`) runs it only with `--trust-remote-code`; a local folder's code is trusted,
 and a native model needs none.
 """
@@ -24,6 +26,8 @@ import sys
 from tqdm.auto import tqdm
 
 from . import textgen
+
+UNLIMITED = 10**9  # prompt + new tokens: the engine writes past the model's context, so no total limit of its own
 
 HELP_INTERACTIVE = """Type an opening and press Enter to continue it. Commands:
   /temperature T      set the temperature (e.g. /temperature 0.8)
@@ -58,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="with --prompts-file: prompts decoded together at most (default: %(default)s)")
     parser.add_argument("--torch-compile", action="store_true",
-                        help="decode through a static KV cache and torch.compile (--prompt, --interactive): the "
-                             "first continuation compiles (tens of seconds on a small CPU), the next ones are faster")
+                        help="decode through generate()'s static KV cache and torch.compile (--prompt, --interactive): "
+                             "the first continuation compiles (tens of seconds on a small CPU), the next ones are "
+                             "faster; it stops at the model's context (no context shift)")
+    textgen.add_context_shift_arguments(parser)
     return parser
 
 
@@ -70,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
               "--prompts-file runs the batching engine, which it does not compile", file=sys.stderr)
         return 2
     try:
+        shift = textgen.context_shift_from_args(args)
         model, tokenizer = textgen.load_model_from_args(args, torch_compile=args.torch_compile)
+        window = textgen.context_length(model, tokenizer)
+        shift.check(window)
     except (OSError, ValueError) as error:
         print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2
-    limits = textgen.Limits.for_model(model, tokenizer)
+    # The engine writes past the window (the context shifts); generate()'s compiled static cache cannot
+    limits = textgen.Limits.for_model(model, tokenizer, max_total_tokens=None if args.torch_compile else UNLIMITED)
     settings = textgen.sampling_defaults(model.generation_config)
     overrides = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, repetition_penalty=args.repetition_penalty)
@@ -84,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("victorian-gpt generate: --batch-size must be at least 1", file=sys.stderr)
         return 2
-    session = Session(model, tokenizer, limits, settings, batch_size=args.batch_size)
+    session = Session(model, tokenizer, limits, settings, batch_size=args.batch_size, context_shift=shift,
+                      compiled=args.torch_compile)
     try:
         if args.interactive:
             return session.interactive()
@@ -97,23 +108,49 @@ def main(argv: list[str] | None = None) -> int:
     except textgen.GenerationError as error:
         print(f"victorian-gpt generate: generation failed: {error}", file=sys.stderr)
         return 1
+    finally:
+        session.close()
 
 
 class Session:
-    """The loaded model plus the current settings (which the interactive loop changes in place)."""
+    """The loaded model plus the current settings (which the interactive loop changes in place). Continuations run
+    through one batching engine, which writes past the model's context; with `compiled`, through `generate()`."""
 
-    def __init__(self, model, tokenizer, limits, settings: dict, batch_size: int = 32):
+    def __init__(self, model, tokenizer, limits, settings: dict, batch_size: int = 32,
+                 context_shift: textgen.ContextShift | None = None, compiled: bool = False):
         self.model, self.tokenizer, self.limits, self.settings = model, tokenizer, limits, settings
-        self.batch_size = batch_size
+        self.batch_size, self.context_shift, self.compiled = batch_size, context_shift, compiled
+        self._engine = None
 
-    def prepare(self, prompt: str, settings: dict | None = None):
-        """(input_ids, params) for `prompt` under `settings` (default: the current ones); raises ValidationError."""
+    @property
+    def engine(self) -> textgen.Engine:
+        if self._engine is None:
+            self._engine = textgen.Engine(self.model, self.tokenizer, limits=self.limits, timeout=None,
+                                          max_batch_size=self.batch_size, max_concurrent_requests=10**6,
+                                          context_shift=self.context_shift)
+        return self._engine
+
+    def close(self):
+        if self._engine is not None:
+            self._engine.close()
+
+    def prepare(self, prompt: str, settings: dict | None = None, quiet: bool = False, where: str = "the opening"):
+        """(input_ids, params) for `prompt` under `settings` (default: the current ones); raises ValidationError.
+        An opening longer than the model reads is cut from the left, with a notice on stderr naming `where`."""
         parameters = textgen.control_parameters(**(self.settings if settings is None else settings))
+        length = len(self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
+        if length > self.limits.max_input_tokens:
+            parameters["truncate"] = self.limits.max_input_tokens
+            if not quiet:
+                print(f"victorian-gpt generate: {where} is {length} tokens, more than the model reads at once; "
+                      f"it goes on from its last {self.limits.max_input_tokens}", file=sys.stderr)
         return textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
 
     def start(self, prompt: str):
         input_ids, params = self.prepare(prompt)
-        return textgen.Generation(self.model, self.tokenizer, input_ids, params)
+        if self.compiled:
+            return textgen.Generation(self.model, self.tokenizer, input_ids, params)
+        return self.engine.submit(input_ids, params)
 
     def one(self, prompt: str, stream: bool) -> int:
         with self.start(prompt) as generation:
@@ -137,18 +174,17 @@ class Session:
         # Check every prompt before generating anything, so a bad line 90 does not waste the first 89.
         for number, prompt in enumerate(prompts, 1):
             try:
-                self.prepare(prompt)
+                self.prepare(prompt, quiet=True)
             except textgen.ValidationError as error:
                 raise textgen.ValidationError(f"{path}, prompt {number}: {error}") from None
         out = open(output, "w", encoding="utf-8") if output else sys.stdout
         # All prompts go to one engine, which decodes up to `batch_size` of them together; records are written in
         # the file's order as each completes.
-        engine = textgen.Engine(self.model, self.tokenizer, limits=self.limits, max_batch_size=self.batch_size,
-                                     max_concurrent_requests=max(1, len(prompts)), timeout=None)
+        engine = self.engine
         generations = []
         try:
-            for prompt in prompts:
-                generations.append(engine.submit(*self.prepare(prompt)))
+            for number, prompt in enumerate(prompts, 1):
+                generations.append(engine.submit(*self.prepare(prompt, where=f"{path}, prompt {number}")))
             tokens = 0
             with tqdm(total=len(prompts), desc="generating", unit="prompt", disable=None, file=sys.stderr) as bar:
                 for prompt, generation in zip(prompts, generations):
@@ -169,7 +205,6 @@ class Session:
         finally:
             for generation in generations:
                 generation.cancel()
-            engine.close()
             if output:
                 out.close()
         return 0
@@ -228,7 +263,7 @@ class Session:
             try:
                 new = self.SETTABLE[name](value.strip())
                 # check the new value against the same rules a generation would, before keeping it
-                self.prepare("x", {**self.settings, key: new})
+                self.prepare("x", {**self.settings, key: new}, quiet=True)
             except ValueError as error:  # a bad number, or a ValidationError
                 print(f"error: {name} {value.strip()!r}: {error}")
                 return None

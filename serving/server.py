@@ -129,9 +129,13 @@ class TGIServer:
         self.created = int(time.time())
         self.live: set[textgen.Generation] = set()  # thread engine: generations started and not yet finished
         self.engine = None
+        self.window = textgen.context_length(model, tokenizer)
         if engine == "batch":
             self.engine = textgen.Engine(model, tokenizer, limits=limits,
                                          max_concurrent_requests=max_concurrent_requests, **(engine_options or {}))
+        elif limits.max_total_tokens > self.window:
+            raise ValueError(f"--max-total-tokens {limits.max_total_tokens} goes past the model's context "
+                             f"({self.window}): only the batching engine shifts the context; drop --engine threads")
 
     def close(self):
         if self.engine is not None:
@@ -153,6 +157,7 @@ class TGIServer:
             "max_input_tokens": self.limits.max_input_tokens,
             "max_input_length": self.limits.max_input_tokens,  # the name before TGI 2.1
             "max_total_tokens": self.limits.max_total_tokens,
+            "max_position_embeddings": self.window,  # the model's context; a longer sequence shifts it
             "max_client_batch_size": 1,
             "validation_workers": 1,
             **batching,
@@ -438,9 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
     parser.add_argument("--max-input-tokens", type=int, default=None,
-                        help="longest prompt accepted (default: context length - 1)")
+                        help="longest prompt accepted, at most the model's context - 1 (default: that, or "
+                             "--max-total-tokens - 1 if smaller); a longer one needs `truncate`")
     parser.add_argument("--max-total-tokens", type=int, default=None,
-                        help="prompt + generated tokens per request (default: the model's context length)")
+                        help="prompt + generated tokens per request; may exceed the model's context, which then "
+                             "shifts (--context-keep, --context-discard) (default: the model's context length)")
     parser.add_argument("--max-concurrent-requests", type=int, default=128,
                         help="requests in flight (queued or running); more get HTTP 429 (default: %(default)s)")
     parser.add_argument("--max-top-n-tokens", type=int, default=textgen.MAX_TOP_N_TOKENS,
@@ -474,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--engine", choices=ENGINES, default="batch",
                           help="batch: one batching engine for all requests; threads: a generate() thread per request "
                                "(the former server, for comparison) (default: %(default)s)")
+    textgen.add_context_shift_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -488,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     api_key = resolve_api_key(args.api_key)
     try:
+        context_shift = textgen.context_shift_from_args(args)
         model, tokenizer = textgen.load_model_from_args(args)
+        context_shift.check(textgen.context_length(model, tokenizer))
         limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens,
                                           args.max_top_n_tokens)
     except (OSError, ValueError) as error:
@@ -497,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_options = dict(max_batch_size=args.max_batch_size, max_batch_total_tokens=args.max_batch_total_tokens,
                           max_batch_prefill_tokens=args.max_batch_prefill_tokens,
                           waiting_served_ratio=args.waiting_served_ratio, max_waiting_tokens=args.max_waiting_tokens,
-                          prefix_cache_tokens=args.prefix_cache_tokens)
+                          prefix_cache_tokens=args.prefix_cache_tokens, context_shift=context_shift)
     try:
         app = create_app(model, tokenizer, model_id=args.model, limits=limits, engine=args.engine,
                          max_concurrent_requests=args.max_concurrent_requests, engine_options=engine_options,

@@ -59,6 +59,8 @@ TRUST_REMOTE_CODE = os.environ.get("TRUST_REMOTE_CODE", "").lower() in ("1", "tr
 PREFIX_CACHE_TOKENS = int(os.environ.get("PREFIX_CACHE_TOKENS", "4096"))  # KV of repeated openings kept; 0 = off
 # a seed gives the same text whatever else is being written (textgen.invariant); 0 trades that for speed in big batches
 BATCH_INVARIANT = os.environ.get("BATCH_INVARIANT", "1").lower() not in ("0", "false", "no")
+# how long one pass may write; past the model's context the context shifts (textgen.ContextShift), so a chapter fits
+MAX_NEW_TOKENS = int(os.environ.get("MAX_NEW_TOKENS", "4096"))
 
 EXAMPLES = [
     "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals,",
@@ -71,7 +73,8 @@ EXAMPLES = [
 DESCRIPTION = (
     "A small GPT trained from scratch on Victorian books from "
     "[PG19](https://huggingface.co/datasets/emozilla/pg19). Write an opening (or pick one below) and press "
-    "**Generate**; the continuation appears as it is written. **Stop** halts it. Top-k 1 gives greedy decoding; "
+    "**Generate**; the continuation appears as it is written, as long as you like: **Continue** goes on from the "
+    "text so far, so a chapter is written in passes. **Stop** halts it. Top-k 1 gives greedy decoding; "
     "an empty Seed draws a new one each time, and the same seed and settings give the same text. Your generations "
     "of this visit are listed under **History**, with the seed each one used, ready to download."
 )
@@ -89,9 +92,10 @@ class LocalBackend:
                                                         trust_remote_code=trust_remote_code,
                                                         batch_invariant=batch_invariant)
         self.precision = self.model.serving_dtype  # e.g. "bfloat16 (auto: the CPU computes bf16 (amx_bf16))"
-        self.limits = textgen.Limits.for_model(self.model, self.tokenizer)
+        window = textgen.context_length(self.model, self.tokenizer)
+        self.limits = textgen.Limits.for_model(self.model, self.tokenizer, max_total_tokens=window + MAX_NEW_TOKENS)
         self.defaults = textgen.sampling_defaults(self.model.generation_config)
-        self.max_new_tokens = self.limits.max_total_tokens - 1
+        self.max_new_tokens = MAX_NEW_TOKENS
         self.source = model_id + (f" ({quantize})" if quantize else "")
         # Gradio's queue admits CONCURRENCY_LIMIT requests at once; the engine batches exactly those
         self.engine = textgen.Engine(self.model, self.tokenizer, limits=self.limits,
@@ -99,10 +103,15 @@ class LocalBackend:
                                      prefix_cache_tokens=PREFIX_CACHE_TOKENS)
 
     def stream(self, prompt: str, controls: dict) -> Iterator[str]:
-        """The growing continuation; closing this generator cancels the generation."""
-        input_ids, params = textgen.prepare_request(
-            self.tokenizer, prompt, self.limits, **textgen.control_parameters(**controls)
-        )
+        """The growing continuation; closing this generator cancels the generation. A text longer than the model
+        reads at once is continued from its end, with a notice."""
+        length = len(self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
+        parameters = textgen.control_parameters(**controls)
+        if length > self.limits.max_input_tokens:
+            parameters["truncate"] = self.limits.max_input_tokens
+            gr.Info(f"The text is {length} tokens; the model reads its last {self.limits.max_input_tokens} and goes "
+                    "on from there.")
+        input_ids, params = textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
         text = ""
         with self.engine.submit(input_ids, params) as generation:
             for token in generation:
@@ -127,18 +136,20 @@ class TGIBackend:
             with urllib.request.urlopen(url.rstrip("/") + "/info", timeout=10) as response:
                 info = json.load(response)
             self.max_new_tokens = int(info["max_total_tokens"]) - 1
+            self.max_input_tokens = int(info["max_input_tokens"])
             self.precision = info.get("dtype") or info.get("model_dtype")  # ours says why; TGI's the dtype alone
         except Exception as error:  # the endpoint may still be starting: keep a sensible slider
             logger.warning("could not read %s/info (%s)", url, error)
-            self.max_new_tokens, self.precision = 1024, None
+            self.max_new_tokens, self.max_input_tokens, self.precision = 1024, None, None
         self.source = url
 
     def stream(self, prompt: str, controls: dict) -> Iterator[str]:
         client = self.client_class(self.url)
         text = ""
         try:
-            outputs = client.text_generation(
-                prompt, stream=True, details=True, return_full_text=False, **textgen.control_parameters(**controls)
+            outputs = client.text_generation(  # a longer text is read from its end (TGI's `truncate`)
+                prompt, stream=True, details=True, return_full_text=False, truncate=self.max_input_tokens,
+                **textgen.control_parameters(**controls)
             )
             for output in outputs:
                 if not output.token.special and output.token.text:
@@ -170,10 +181,12 @@ def parse_seed(seed) -> int | None:
 
 
 def make_generate(backend):
-    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None):
-        """Continue `prompt`, yielding (the text so far, this generation's record for the history)."""
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None, written=""):
+        """Continue `prompt` (and `written`, the text a previous pass wrote after it: Continue), yielding (the text
+        so far after the prompt, this generation's record for the history)."""
         if not prompt or not prompt.strip():
             raise gr.Error("Write an opening first (or pick an example).")
+        written = written or ""
         do_sample = backend.defaults["do_sample"]
         seed = parse_seed(seed)
         if do_sample and seed is None:
@@ -190,17 +203,17 @@ def make_generate(backend):
             )
         except (TypeError, ValueError) as error:
             raise gr.Error(f"Every setting needs a number: {error}") from error
-        record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=backend.source, prompt=prompt,
-                      **controls, generated_text="", stopped=True)
+        record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=backend.source,
+                      prompt=prompt + written, **controls, generated_text="", stopped=True)
         # Each update carries this generation's record; the event that follows the end or a Stop adds the last one
         # to the history. The first update clears the box and replaces the record a failed generation may have left;
         # the text is then held back by one update so that the last one can say `stopped=False`.
-        yield "", record
+        yield written, record
         text = None
         try:
-            for text_so_far in backend.stream(prompt, controls):
+            for text_so_far in backend.stream(prompt + written, controls):
                 if text is not None:
-                    yield text, dict(record, generated_text=text)
+                    yield written + text, dict(record, generated_text=text)
                 text = text_so_far
         except textgen.ValidationError as error:
             raise gr.Error(str(error)) from error
@@ -209,9 +222,22 @@ def make_generate(backend):
         except Exception as error:  # anything inside generate(), or the endpoint's own validation errors
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed: {error}") from error
-        yield text or "", dict(record, generated_text=text or "", stopped=False)
+        yield written + (text or ""), dict(record, generated_text=text or "", stopped=False)
 
     return generate
+
+
+def make_continue(backend):
+    generate = make_generate(backend)
+
+    def continue_text(prompt, written, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None):
+        """Continue what is shown (the opening and what the passes so far wrote) with the same settings: a chapter
+        is written in passes. Yields the whole text after the opening, and this pass's record."""
+        if not (written or "").strip():
+            raise gr.Error("Generate first: Continue goes on from the text written so far.")
+        yield from generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, written)
+
+    return continue_text
 
 
 def reflow(text: str) -> str:
@@ -312,6 +338,7 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
                 prompt = gr.Textbox(label="Opening", lines=4, placeholder=EXAMPLES[0], elem_id="prompt")
                 with gr.Row():
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    continue_button = gr.Button("Continue", elem_id="continue")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 output = gr.Textbox(label="Continuation", lines=14, interactive=False, elem_id="output",
                                     buttons=["copy"])
@@ -346,14 +373,17 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
         inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed]
         event = generate_button.click(make_generate(backend), inputs, [raw_output, run], api_name="generate",
                                       concurrency_limit=CONCURRENCY_LIMIT)
+        continued = continue_button.click(make_continue(backend), [prompt, raw_output, *inputs[1:]], [raw_output, run],
+                                          api_name="continue", concurrency_limit=CONCURRENCY_LIMIT)
         for trigger in (raw_output, reflow_box):  # the display follows the raw text and the checkbox
             trigger.change(show_text, [raw_output, reflow_box], output, queue=False, show_progress="hidden",
                            trigger_mode="always_last", api_visibility="private")
         # runs after the generation finishes or is stopped (not after an error)
-        event.then(add_to_history, [run, history], [run, history, history_panel, downloads], queue=False,
-                   api_visibility="private")
+        for each in (event, continued):
+            each.then(add_to_history, [run, history], [run, history, history_panel, downloads], queue=False,
+                      api_visibility="private")
         # Cancelling the event closes the generator, whose cleanup cancels the generation thread.
-        stop_button.click(None, cancels=[event], api_visibility="private")
+        stop_button.click(None, cancels=[event, continued], api_visibility="private")
         clear_button.click(clear_history, None, [history, history_panel, downloads], queue=False,
                            api_visibility="private")
 

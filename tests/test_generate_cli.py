@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -76,12 +77,19 @@ def test_prompts_file_writes_json_lines(tiny_export, reference, tmp_path, capsys
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
-def test_prompts_file_checks_every_line_first(tiny_export, tmp_path, capsys):
+def test_prompts_file_checks_every_line_first_and_reads_a_long_opening_from_its_end(tiny_export, tmp_path, capsys):
     path = tmp_path / "prompts.txt"
     path.write_text("A short one\n" + "word " * 200 + "\n")
     out = tmp_path / "out.jsonl"
-    assert main([str(tiny_export), "--prompts-file", str(path), "--output", str(out), "--max-new-tokens", "8"]) == 2
-    assert "prompt 2" in capsys.readouterr().err and not out.exists()
+    assert main([str(tiny_export), "--prompts-file", str(path), "--output", str(out), "--max-new-tokens", "8",
+                 "--temperature", "-1"]) == 2  # a bad setting: one line, nothing written
+    assert "temperature" in capsys.readouterr().err and not out.exists()
+    # an opening longer than the model's context (128 tokens here) is not an error: it goes on from its end
+    assert main([str(tiny_export), "--prompts-file", str(path), "--output", str(out), "--max-new-tokens", "8"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"{re.escape(str(path))}, prompt 2 is \d+ tokens, more than the model reads at once; it goes "
+                     "on from its last 127$", err, re.M), err
+    assert [len(json.loads(line)["generated_text"]) > 0 for line in out.read_text().splitlines()] == [True, True]
 
 
 def test_interactive_changes_settings_in_place_and_quits(tiny_export, monkeypatch, capsys):
@@ -109,8 +117,11 @@ def test_interactive_changes_settings_in_place_and_quits(tiny_export, monkeypatc
 def test_bad_arguments_are_clear(tiny_export, tmp_path, capsys):
     assert main([str(tiny_export), "--prompt", PROMPT, "--temperature", "0"]) == 2
     assert "`temperature` must be strictly positive" in capsys.readouterr().err
-    assert main([str(tiny_export), "--prompt", PROMPT, "--max-new-tokens", "500"]) == 2
-    assert "`inputs` tokens + `max_new_tokens` must be <= 128" in capsys.readouterr().err
+    assert main([str(tiny_export), "--prompt", PROMPT, "--context-keep", "100"]) == 2  # over half the 128-token window
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()[-1:]) == 1 and "context keep (100) must be at most half" in err
+    assert main([str(tiny_export), "--prompt", PROMPT, "--context-discard", "1.5"]) == 2
+    assert "context discard must be a fraction between 0 and 1" in capsys.readouterr().err
     assert main([str(tiny_export), "--prompts-file", str(tmp_path / "missing.txt")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main([str(tmp_path / "no-model"), "--prompt", PROMPT]) == 2

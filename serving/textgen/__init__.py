@@ -53,6 +53,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
     request.py     the consumer's side every request shares
     threads.py     one request, one generate() thread: Generation, generate_text
     engine.py      the batching engine: Engine, BatchedGeneration
+    context_shift.py  writing past the window: ContextShift (what a full context keeps), the RoPE re-rotation
     kv_cache.py    the engine's KV cache layers
     layers.py      swapping a model's linear layers for those serving variants
     invariant.py   batch-invariant decoding (the default): Float32Linear, batch_invariant_attention,
@@ -62,6 +63,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
 """
 
 from .compiled import compile_decode
+from .context_shift import ContextShift, add_context_shift_arguments, context_shift_from_args
 from .engine import BatchedGeneration, Engine
 from .errors import GenerationError, Overloaded, ValidationError
 from .int8 import Int8Linear, quantize_int8
@@ -112,7 +114,7 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BATCH_INVARIANT", "BF16_KERNEL_MAX_ROWS", "BatchedGeneration", "CancelCriteria",
+    "AsyncTokenStreamer", "BATCH_INVARIANT", "ContextShift", "add_context_shift_arguments", "context_shift_from_args", "BF16_KERNEL_MAX_ROWS", "BatchedGeneration", "CancelCriteria",
     "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES", "Engine", "Float32Linear", "FrequencyPresencePenaltyLogitsProcessor",
     "Generation", "GenerationError", "GenerationParameters", "INT8_KERNEL_MAX_ROWS", "Int8Linear", "LOGPROB_FLOOR",
     "Limits", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS", "MinNewTokensLogitsProcessor", "Overloaded", "PackedLinear",

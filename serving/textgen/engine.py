@@ -13,9 +13,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .context_shift import ContextShift, rotary_frequencies, shift_cache
 from .errors import GenerationError, Overloaded, ValidationError
 from .kv_cache import _cache_layers, _left_pad, _new_cache, _release_freed_memory
-from .params import GenerationParameters, Limits
+from .params import GenerationParameters, Limits, context_length
 from .prefix_cache import PrefixCache
 from .request import _eos_ids, _ids, _Request
 from .streaming import STREAM_TIMEOUT_S, request_processors
@@ -37,8 +38,12 @@ class BatchedGeneration(_Request):
         self.streamer.is_last = lambda token_id, count: self.finishing
         # the engine's side: prompt + generated ids, this request's logits processors, its prefill progress
         self.ids = list(self.input_ids)
+        # the tokens its KV cache holds (or is being prefilled with), at positions 0..; the last one, once decoding,
+        # is the token the next step feeds in. The prompt at first; a context shift keeps a part (context_shift.py)
+        self.context = list(self.input_ids)
+        self.shifts = 0  # context shifts so far
         self.processors = request_processors(params)
-        self.prefilled = 0  # prompt tokens already in `cache`
+        self.prefilled = 0  # context tokens already in `cache`
         self.cached_tokens = 0  # of those, how many came from the prefix cache
         self.cache = None  # this request's own KV cache until it joins the batch
         self.reserved = 0  # tokens of the batch budget it holds (prompt + max_new_tokens) once admitted
@@ -83,12 +88,16 @@ class Engine:
                  max_batch_size: int = 32, max_batch_total_tokens: int | None = None,
                  max_batch_prefill_tokens: int = 256, waiting_served_ratio: float = 0.3, max_waiting_tokens: int = 20,
                  timeout: float | None = STREAM_TIMEOUT_S, name: str = "engine", prefix_cache_tokens: int = 0,
-                 prefix_cache_block_size: int = 64):
+                 prefix_cache_block_size: int = 64, context_shift: ContextShift | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.limits = limits or Limits.for_model(model, tokenizer)
+        self.window = context_length(model, tokenizer)  # positions the model has: a longer context shifts
+        self.context_shift = (context_shift or ContextShift()).check(self.window)
+        self.rotary = rotary_frequencies(model)  # None: a shift encodes the kept tokens again
         self.max_concurrent_requests = int(max_concurrent_requests)
         self.max_batch_size = int(max_batch_size)
         self.max_batch_total_tokens = int(max_batch_total_tokens or max(16384, self.limits.max_total_tokens))
+        # (a sequence's KV never outgrows the model's context: a longer one shifts, so it reserves at most that)
         self.max_batch_prefill_tokens = int(max_batch_prefill_tokens)
         self.waiting_served_ratio = float(waiting_served_ratio)
         self.max_waiting_tokens = int(max_waiting_tokens)
@@ -98,9 +107,10 @@ class Engine:
                 raise ValueError(f"`{key}` must be at least 1, got {getattr(self, key)}")
         if self.waiting_served_ratio < 0 or self.max_waiting_tokens < 0:
             raise ValueError("`waiting_served_ratio` and `max_waiting_tokens` must not be negative")
-        if self.max_batch_total_tokens < self.limits.max_total_tokens:
+        if self.max_batch_total_tokens < min(self.limits.max_total_tokens, self.window):
             raise ValueError(f"`max_batch_total_tokens` ({self.max_batch_total_tokens}) must be >= `max_total_tokens` "
-                             f"({self.limits.max_total_tokens}), or no request of full length could ever run")
+                             f"({self.limits.max_total_tokens}) or the model's context ({self.window}), or no request "
+                             "of full length could ever run")
         self.prefix_cache = PrefixCache(int(prefix_cache_tokens), int(prefix_cache_block_size))
         self.batch_invariant = bool(getattr(model, "batch_invariant", False))
         # the prefill's pieces: a cache block, or an even part of one within the step's budget
@@ -305,7 +315,7 @@ class Engine:
         admitted = False
         while self._waiting and busy < self.max_batch_size:
             generation = self._waiting[0]
-            need = len(generation.input_ids) + generation.params.max_new_tokens
+            need = min(len(generation.input_ids) + generation.params.max_new_tokens, self.window)
             if self._reserved + need > self.max_batch_total_tokens:
                 break
             self._waiting.popleft()
@@ -336,7 +346,7 @@ class Engine:
             generation = self._prefilling[0]
             try:
                 if generation.cache is None:  # its first chunk: start from the longest cached prefix, if any
-                    found, generation.cache = self.prefix_cache.lookup(generation.input_ids, self.model.config)
+                    found, generation.cache = self.prefix_cache.lookup(generation.context, self.model.config)
                     generation.prefilled = generation.cached_tokens = found
                     if generation.cache is None:
                         generation.cache = _new_cache(self.model.config)
@@ -346,13 +356,13 @@ class Engine:
                     end = (start // self.prefill_piece + 1) * self.prefill_piece
                     if end - start > budget:
                         break  # the next step's
-                chunk = generation.input_ids[start:end]
+                chunk = generation.context[start:end]
                 logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
                                        [list(range(start, start + len(chunk)))], generation.cache)
                 generation.prefilled += len(chunk)
                 self.prefilled_tokens += len(chunk)
                 budget -= len(chunk)
-                if generation.prefilled < len(generation.input_ids):
+                if generation.prefilled < len(generation.context):
                     continue  # the rest of this prompt in the next step
                 self._prefilling.pop(0)
                 self._remember_prompt(generation)
@@ -370,7 +380,7 @@ class Engine:
         if not self.prefix_cache.enabled:
             return
         try:
-            self.prefix_cache.insert(generation.input_ids, generation.cache)
+            self.prefix_cache.insert(generation.context, generation.cache)
         except Exception:
             logger.exception("%s: could not store its prompt in the prefix cache", generation.name)
 
@@ -394,10 +404,16 @@ class Engine:
 
     def _decode(self):
         """One token for every running sequence, in one forward pass."""
+        full = [i for i, g in enumerate(self._running) if len(g.context) > self.window]
+        if full:
+            self._shift(full)
+            if not self._running:
+                return
         rows = self._running
         mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
         try:
-            logits = self._forward([[g.ids[-1]] for g in rows], mask, [[len(g.ids) - 1] for g in rows], self._cache)
+            logits = self._forward([[g.context[-1]] for g in rows], mask, [[len(g.context) - 1] for g in rows],
+                                   self._cache)
         except Exception as error:
             self._cache = self._mask = None
             self._running = []
@@ -429,6 +445,7 @@ class Engine:
     def _emit(self, generation: BatchedGeneration, token: int) -> bool:
         """Hand `token` to the request's streamer; finish the request if it was its last. Returns whether it was."""
         generation.ids.append(token)
+        generation.context.append(token)
         generated = len(generation.ids) - len(generation.input_ids)
         if generation.first_token_at is None:
             generation.first_token_at = time.perf_counter()
@@ -443,6 +460,36 @@ class Engine:
         if last:
             self._finish(generation, "finished")
         return last
+
+    def _shift(self, rows: list[int]):
+        """Shift the contexts of the batch's rows `rows`, whose windows are full (context_shift.py): each leaves the
+        batch with its own KV cache, which drops what the shift drops and rotates the rest back (rotary positions),
+        and joins again; or (other positions) it prefills the kept context afresh, which also picks its next token."""
+        detached = []
+        for i in rows:
+            generation = self._running[i]
+            first = int(self._mask[i].long().argmax())  # its first real column (left padding before it)
+            cache = _new_cache(self.model.config)
+            for mine, theirs in zip(_cache_layers(cache), _cache_layers(self._cache)):
+                mine.keys, mine.values = theirs.keys[i : i + 1, :, first:], theirs.values[i : i + 1, :, first:]
+                mine.device, mine.is_initialized = mine.keys.device, True
+            detached.append((generation, cache))
+        self._remove_rows(rows)
+        for generation, cache in detached:
+            try:
+                generation.shifts += 1
+                kept = self.context_shift.apply(generation.context)
+                if self.rotary is not None:
+                    shift_cache(_cache_layers(cache), self.context_shift, len(generation.context) - 1, self.rotary)
+                    generation.context, generation.cache = kept, cache
+                    self._join(generation)
+                else:  # encoded again from position 0: back to prefill, first in line
+                    generation.context, generation.cache, generation.prefilled = kept, None, 0
+                    generation.state = "prefill"
+                    self._prefilling.insert(0, generation)
+            except Exception as error:
+                generation.cache = None
+                self._fail(generation, error)
 
     def _remove_rows(self, rows: list[int]):
         """Select the rows that stay out of the batch's cache and mask; trim columns that are padding everywhere."""

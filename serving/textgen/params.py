@@ -48,16 +48,17 @@ class Limits:
     @classmethod
     def for_model(cls, model, tokenizer, max_input_tokens=None, max_total_tokens=None,
                   max_top_n_tokens=MAX_TOP_N_TOKENS) -> Limits:
-        total = max_total_tokens or context_length(model, tokenizer)
-        limits = cls(max_input_tokens=max_input_tokens or total - 1, max_total_tokens=total,
+        window = context_length(model, tokenizer)
+        total = max_total_tokens or window
+        limits = cls(max_input_tokens=max_input_tokens or min(total, window) - 1, max_total_tokens=total,
                      max_top_n_tokens=int(max_top_n_tokens))
         if limits.max_top_n_tokens < 0:
             raise ValueError(f"need max_top_n_tokens >= 0, got {limits.max_top_n_tokens}")
-        if not 0 < limits.max_input_tokens < limits.max_total_tokens <= context_length(model, tokenizer):
-            raise ValueError(
-                f"need 0 < max_input_tokens ({limits.max_input_tokens}) < max_total_tokens ({total}) "
-                f"<= the model's context ({context_length(model, tokenizer)})"
-            )
+        if not 0 < limits.max_input_tokens < limits.max_total_tokens:
+            raise ValueError(f"need 0 < max_input_tokens ({limits.max_input_tokens}) < max_total_tokens ({total})")
+        if limits.max_input_tokens >= window:  # generation goes on past the window (the context shifts); a prompt fits
+            raise ValueError(f"max_input_tokens ({limits.max_input_tokens}) must be below the model's context "
+                             f"({window}): a longer prompt is cut from the left with `truncate`")
         return limits
 
 
@@ -154,7 +155,7 @@ def prepare_request(
             f"`truncate` must be strictly positive and less than {limits.max_input_tokens}. Given: {truncate}"
         )
 
-    ids = tokenizer(inputs, add_special_tokens=False)["input_ids"] if isinstance(inputs, str) else inputs
+    ids = tokenizer(inputs, add_special_tokens=False, verbose=False)["input_ids"] if isinstance(inputs, str) else inputs
     input_length = min(len(ids), truncate) if truncate is not None else len(ids)
     if max_new_tokens is None:  # TGI: whatever fits, up to its default length
         max_new_tokens = max(1, min(DEFAULT_MAX_NEW_TOKENS, limits.max_total_tokens - input_length))
