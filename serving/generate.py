@@ -76,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
               "--prompts-file runs the batching engine, which it does not compile", file=sys.stderr)
         return 2
     try:
-        shift = textgen.context_shift_from_args(args)
         model, tokenizer = textgen.load_model_from_args(args, torch_compile=args.torch_compile)
-        window = textgen.context_length(model, tokenizer)
-        shift.check(window)
+        shift = textgen.context_shift_from_args(args, model).check(textgen.context_length(model, tokenizer))
     except (OSError, ValueError) as error:
         print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 2

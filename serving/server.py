@@ -496,9 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     api_key = resolve_api_key(args.api_key)
     try:
-        context_shift = textgen.context_shift_from_args(args)
         model, tokenizer = textgen.load_model_from_args(args)
-        context_shift.check(textgen.context_length(model, tokenizer))
+        context_shift = textgen.context_shift_from_args(args, model).check(textgen.context_length(model, tokenizer))
         limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens,
                                           args.max_top_n_tokens)
     except (OSError, ValueError) as error:

@@ -267,7 +267,7 @@ def test_dropout_is_active_only_in_training():
 
 def test_sequence_longer_than_context_is_refused():
     model = make_model()
-    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+    with pytest.raises(ValueError, match="129 tokens exceed the model's context of 128: a prompt must fit in it"):
         model(random_ids(1, 129))
 
 

@@ -37,6 +37,9 @@ def test_exported_folder_loads_and_generates_without_our_package(any_export, tmp
     inputs = tokenizer("It was a dark and stormy night", return_tensors="pt")
     ours = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     assert report["greedy"] == ours[0].tolist()
+    window = model.config.n_positions  # and past the context, where the context shifts: the same tokens
+    past = model.generate(**inputs, max_new_tokens=window + 24, min_new_tokens=window + 24, do_sample=False)
+    assert report["past_window"] == past[0].tolist()
     assert report["streamed_pieces"] >= 2
     assert report["switched"], "set_attn_implementation is missing"
 

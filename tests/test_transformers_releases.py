@@ -37,7 +37,10 @@ def in_process_greedy():
             model = AutoModelForCausalLM.from_pretrained(folder)
             tokenizer = AutoTokenizer.from_pretrained(folder)
             inputs = tokenizer("It was a dark and stormy night", return_tensors="pt")
-            memo[folder] = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0].tolist()
+            window = model.config.n_positions
+            memo[folder] = (model.generate(**inputs, max_new_tokens=12, do_sample=False)[0].tolist(),
+                            model.generate(**inputs, max_new_tokens=window + 24, min_new_tokens=window + 24,
+                                           do_sample=False)[0].tolist())
         return memo[folder]
 
     return greedy
@@ -59,4 +62,6 @@ def test_exports_serve_a_stranger_on_other_transformers_releases(release, tiny_e
     for folder, report in zip(folders, reports):
         assert report["transformers"] == release
         assert report["switched"], "set_attn_implementation is missing"
-        assert report["greedy"] == in_process_greedy(folder), f"transformers {release} generates other tokens ({folder})"
+        greedy, past_window = in_process_greedy(folder)
+        assert report["greedy"] == greedy, f"transformers {release} generates other tokens ({folder})"
+        assert report["past_window"] == past_window, f"transformers {release}: other tokens past the context ({folder})"

@@ -83,6 +83,9 @@ class VictorianGPTConfig(PretrainedConfig):
         final_logit_softcapping: if set, logits become `cap * tanh(logits / cap)` (as in Gemma 2).
         resid_pdrop / embd_pdrop / attn_pdrop: dropout after residual branches, on embeddings, on attention weights.
         layer_norm_epsilon (also used by RMSNorm), initializer_range: as in GPT-2.
+        context_keep / context_discard: how a sequence goes on past `n_positions` (a context shift, as llama.cpp's):
+            the first `context_keep` tokens stay, the oldest `context_discard` fraction of the rest is dropped, and
+            decoding goes on at positions 0.. again (rotary keys rotated back, learned positions encoded again).
     """
 
     model_type = "victorian_gpt"
@@ -122,6 +125,8 @@ class VictorianGPTConfig(PretrainedConfig):
         eos_token_id=0,
         pad_token_id=1,
         tie_word_embeddings=True,
+        context_keep=4,
+        context_discard=0.5,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -146,6 +151,8 @@ class VictorianGPTConfig(PretrainedConfig):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
         self.use_cache = use_cache
+        self.context_keep = context_keep
+        self.context_discard = context_discard
         self._validate_shape()
         # Name all three Auto classes, so an exported folder serves AutoConfig, AutoModel and AutoModelForCausalLM.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
@@ -165,6 +172,12 @@ class VictorianGPTConfig(PretrainedConfig):
                 raise ValueError(f"VictorianGPTConfig: `{name}` must be a positive integer, got {value!r}")
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
             raise ValueError(f"VictorianGPTConfig: `n_inner` must be a positive integer or None, got {self.n_inner!r}")
+        if not (isinstance(self.context_keep, int) and 0 <= self.context_keep <= self.n_positions // 2):
+            raise ValueError(f"VictorianGPTConfig: `context_keep` must be an integer from 0 to n_positions / 2, got "
+                             f"{self.context_keep!r}")
+        if not 0 < self.context_discard < 1:
+            raise ValueError(f"VictorianGPTConfig: `context_discard` must be between 0 and 1, got "
+                             f"{self.context_discard!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"VictorianGPTConfig: `n_embd` ({self.n_embd}) must be divisible by `n_head` ({self.n_head})"

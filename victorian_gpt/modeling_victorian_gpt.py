@@ -382,6 +382,14 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
             _grow_in_place(cache)
         # (a cache passed with use_cache=False is still used: continuous batching hands its paged cache in that way)
 
+        # Past the context (generate() asked for more tokens than `n_positions`): the context shifts, as llama.cpp's
+        # does, and decoding goes on at positions counted in the cache again (see `_shift_context`).
+        shifted = (cache is not None and not self.training and not torch.compiler.is_compiling()
+                   and self._shift_context(input_ids, attention_mask, cache, seq_len))
+        if shifted:
+            position_ids = torch.arange(cache.get_seq_length(), cache.get_seq_length() + seq_len,
+                                        device=device).unsqueeze(0)
+            kwargs.pop("cache_position", None)
         # Where this call's tokens start: a cache position given by the caller (generate() on transformers < 5.9,
         # continuous batching) is authoritative, otherwise the cache says how many tokens it holds. Positions come from
         # the caller when it passes them (generate() does; continuous batching always does: its cache has no length).
@@ -405,7 +413,7 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
                 positions = torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
         else:
             positions = position_ids
-        if seq_len == 1 and self.config._attn_implementation in (None, "eager", "sdpa") and (
+        if shifted or seq_len == 1 and self.config._attn_implementation in (None, "eager", "sdpa") and (
             attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all()))
         ):
             # A decode step with no padding: one query that sees every cached key. transformers' builder would say
@@ -442,6 +450,57 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
             **{CACHE_FIELD: cache},
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _shift_context(self, input_ids, attention_mask, cache, seq_len) -> bool:
+        """Make room for this call's token when the cache already holds `n_positions` (a generate() past the
+        context), in place: keep the first `context_keep` tokens, drop the oldest `context_discard` of the rest, and
+        rotate the kept rotary keys back by as many positions (learned positions: the kept tokens are encoded again,
+        from the token ids this cache has seen). Returns whether the cache has been shifted, now or before: the call
+        then takes its positions from the cache. One sequence at a time (a padded batch cannot shift row by row here:
+        victorian-gpt's engine does that), one new token per call."""
+        config = self.config
+        layers = getattr(cache, "layers", None)
+        if layers is None or not hasattr(cache, "get_seq_length"):
+            return False  # a paged cache (continuous batching) or the engine's own: their owners keep to the context
+        length = cache.get_seq_length()
+        if not self.rope and input_ids is not None and input_ids.shape[0] == 1:  # what a re-encoding would need
+            seen = cache.__dict__.setdefault("_victorian_gpt_ids", [])
+            if not length:
+                seen.clear()
+            seen.extend(input_ids[0].tolist())
+        if length + seq_len <= config.n_positions:
+            return bool(getattr(cache, "_victorian_gpt_shifted", False))
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if seq_len != 1 or padded or input_ids is None or input_ids.shape[0] != 1 or not all(
+                type(layer).__name__ in ("DynamicLayer", "GrowingKVLayer") for layer in layers):
+            raise ValueError(
+                f"{length + seq_len} tokens exceed the model's context of {config.n_positions}: a prompt must fit in "
+                "it (cut it), and generate() goes on past it one sequence at a time (no padding, a DynamicCache); "
+                "for a batch, victorian-gpt's engine (`victorian-gpt generate`, `serve`) shifts each sequence"
+            )
+        dropped = max(1, int((length + 1 - config.context_keep) * config.context_discard))
+        keep = config.context_keep
+        if self.rope:
+            head_dim = config.n_embd // config.n_head
+            angles = rotary_embeddings(torch.full((1, 1), -dropped, device=input_ids.device), head_dim,
+                                       config.rope_theta, torch.float32)
+            cos, sin = (x[0, 0] for x in angles)
+            for layer in layers:
+                keys = layer.keys[:, :, keep + dropped :].float()
+                x1, x2 = keys.chunk(2, dim=-1)
+                rotated = (keys * cos + torch.cat((-x2, x1), dim=-1) * sin).to(layer.keys.dtype)
+                layer.keys = torch.cat((layer.keys[:, :, :keep], rotated), dim=2)
+                layer.values = torch.cat((layer.values[:, :, :keep], layer.values[:, :, keep + dropped :]), dim=2)
+        else:
+            seen = cache._victorian_gpt_ids[:-1]  # the cached tokens (this call's token is the last one seen)
+            kept = seen[:keep] + seen[keep + dropped :]
+            fresh = DynamicCache(config=config)
+            self(input_ids=torch.tensor([kept], device=input_ids.device), cache=fresh, use_cache=True)
+            for layer, new in zip(layers, fresh.layers):
+                layer.keys, layer.values = new.keys, new.values
+            cache._victorian_gpt_ids[:] = kept + cache._victorian_gpt_ids[-1:]
+        cache._victorian_gpt_shifted = True
+        return True
 
 
 # The product's sampling defaults. They live on `model.generation_config`, which `save_pretrained` writes to

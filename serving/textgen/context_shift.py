@@ -31,6 +31,14 @@ class ContextShift:
     keep: int = DEFAULT_KEEP
     discard: float = DEFAULT_DISCARD
 
+    @classmethod
+    def for_model(cls, model, keep: int | None = None, discard: float | None = None) -> "ContextShift":
+        """The model's own policy (VictorianGPT's config carries `context_keep` and `context_discard`, which its own
+        generate() also follows), else the defaults here; `keep` and `discard` override either."""
+        config = model.config
+        return cls(keep=keep if keep is not None else getattr(config, "context_keep", DEFAULT_KEEP),
+                   discard=discard if discard is not None else getattr(config, "context_discard", DEFAULT_DISCARD))
+
     def check(self, window: int) -> "ContextShift":
         """A one-line ValueError for a policy that cannot work with a `window`-token context; returns self."""
         if self.keep < 0:
@@ -92,11 +100,13 @@ def add_context_shift_arguments(parser) -> None:
     """`--context-keep` and `--context-discard`, as `victorian-gpt generate` and `victorian-gpt serve` take them
     (llama.cpp's `--keep`; it discards half)."""
     group = parser.add_argument_group("writing past the model's context (the context shifts when it is full)")
-    group.add_argument("--context-keep", type=int, default=DEFAULT_KEEP, metavar="N",
-                       help="tokens of the opening always kept at a shift (default: %(default)s)")
-    group.add_argument("--context-discard", type=float, default=DEFAULT_DISCARD, metavar="F",
-                       help="fraction of the rest dropped at a shift, the oldest first (default: %(default)s)")
+    group.add_argument("--context-keep", type=int, default=None, metavar="N",
+                       help=f"tokens of the opening always kept at a shift (default: the model's own, "
+                            f"`context_keep` in its config.json, else {DEFAULT_KEEP})")
+    group.add_argument("--context-discard", type=float, default=None, metavar="F",
+                       help=f"fraction of the rest dropped at a shift, the oldest first (default: the model's own, "
+                            f"`context_discard`, else {DEFAULT_DISCARD})")
 
 
-def context_shift_from_args(args) -> ContextShift:
-    return ContextShift(keep=args.context_keep, discard=args.context_discard)
+def context_shift_from_args(args, model) -> ContextShift:
+    return ContextShift.for_model(model, args.context_keep, args.context_discard)

@@ -92,7 +92,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.limits = limits or Limits.for_model(model, tokenizer)
         self.window = context_length(model, tokenizer)  # positions the model has: a longer context shifts
-        self.context_shift = (context_shift or ContextShift()).check(self.window)
+        self.context_shift = (context_shift or ContextShift.for_model(model)).check(self.window)
         self.rotary = rotary_frequencies(model)  # None: a shift encodes the kept tokens again
         self.max_concurrent_requests = int(max_concurrent_requests)
         self.max_batch_size = int(max_batch_size)

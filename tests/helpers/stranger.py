@@ -112,7 +112,12 @@ thread.join()
 streamed = "".join(pieces)
 expected = tokenizer.decode(greedy_ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 assert streamed == expected, (streamed, expected)
+# past the model's context: generate() goes on (the context shifts), neither crashing nor stopping
+window = config.n_positions
+past = model.generate(**inputs, max_new_tokens=window + 24, min_new_tokens=window + 24, do_sample=False)
+assert past.shape[1] == inputs["input_ids"].shape[1] + window + 24, past.shape
 print("\nRESULT " + json.dumps({"greedy": greedy_ids[0].tolist(), "alone": tokens["sdpa"],
+                               "past_window": past[0].tolist(),
                                "streamed_pieces": len(pieces), "pipeline": piped, "switched": switched,
                                "transformers": transformers.__version__}))
 """
