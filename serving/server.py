@@ -497,11 +497,15 @@ def main(argv: list[str] | None = None) -> int:
     api_key = resolve_api_key(args.api_key)
     try:
         model, tokenizer = textgen.load_model_from_args(args)
+    except (OSError, ValueError) as error:
+        print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
+        return 2
+    try:
         context_shift = textgen.context_shift_from_args(args, model).check(textgen.context_length(model, tokenizer))
         limits = textgen.Limits.for_model(model, tokenizer, args.max_input_tokens, args.max_total_tokens,
                                           args.max_top_n_tokens)
-    except (OSError, ValueError) as error:
-        print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
+    except ValueError as error:
+        print(f"victorian-gpt serve: {error}", file=sys.stderr)
         return 2
     engine_options = dict(max_batch_size=args.max_batch_size, max_batch_total_tokens=args.max_batch_total_tokens,
                           max_batch_prefill_tokens=args.max_batch_prefill_tokens,

@@ -438,3 +438,41 @@ def test_overload_is_429_not_a_hang(small_export, engine):
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.mark.slow  # a server process
+def test_a_request_writes_past_the_models_context_when_max_total_tokens_allows(modern_tiny_export, tmp_path):
+    """--max-total-tokens past the model's 128-token context: a request asks for 400 new tokens and gets the tokens
+    a stranger's generate() (remote code, which shifts the context as the engine does) gives; a prompt longer than the
+    context needs `truncate`, as in TGI."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.server import main
+
+    assert main([str(modern_tiny_export), "--max-total-tokens", "1024", "--engine", "threads"]) == 2
+    assert main([str(modern_tiny_export), "--max-total-tokens", "1024", "--context-keep", "100"]) == 2
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "victorian_gpt.cli", "serve", str(modern_tiny_export), "--port", str(port),
+             "--dtype", "float32", "--max-total-tokens", "1024"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", proc, timeout=120, log=log)
+        info = requests.get(url + "/info", timeout=10).json()
+        assert (info["max_total_tokens"], info["max_input_tokens"], info["max_position_embeddings"]) == (1024, 127, 128)
+        tokenizer = AutoTokenizer.from_pretrained(modern_tiny_export, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(modern_tiny_export, trust_remote_code=True).eval()
+        body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 400, "details": True}}
+        answer = requests.post(url + "/generate", json=body, timeout=120).json()
+        assert answer["details"]["generated_tokens"] == 400 and answer["details"]["finish_reason"] == "length"
+        assert [t["id"] for t in answer["details"]["tokens"]] == greedy_ids((model, tokenizer), PROMPT, 400)
+
+        long_prompt = {"inputs": PROMPT * 20, "parameters": {"max_new_tokens": 8}}
+        refused = requests.post(url + "/generate", json=long_prompt, timeout=30)
+        assert refused.status_code == 422 and "`inputs` must have less than 127 tokens" in refused.json()["error"]
+        long_prompt["parameters"]["truncate"] = 100
+        assert requests.post(url + "/generate", json=long_prompt, timeout=30).status_code == 200
+    finally:
+        stop_process(proc)

@@ -447,3 +447,80 @@ def test_local_backend_batches_through_the_engine_and_quantizes_on_request(tiny_
         int8.engine.close()
     with pytest.raises(ValueError, match="quantization"):
         LocalBackend(str(tiny_export), quantize="int4")
+
+
+@pytest.fixture(scope="module")
+def endless_space(modern_tiny_export, tmp_path_factory):
+    """The Space over a 128-token model that writes until told to stop: a copy of the modern tiny export without an
+    end-of-text token in its generation_config.json (a random model would otherwise stop wherever it drew one)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("endless") / "model"
+    shutil.copytree(modern_tiny_export, folder)
+    generation_config = json.loads((folder / "generation_config.json").read_text())
+    generation_config["eos_token_id"] = None
+    (folder / "generation_config.json").write_text(json.dumps(generation_config))
+    port = free_port()
+    log = tmp_path_factory.mktemp("space") / "app.log"
+    env = {**os.environ, "MODEL_ID": str(folder), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "DTYPE": "float32"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "spaces_app" / "app.py")], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, proc, timeout=180, log=log)
+        yield url, log
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.slow  # Chromium, and the Space in a server process
+def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless_space, browser):
+    """4,000 tokens from a model that reads 128 at once: Generate writes 2,000 (its context shifts as it goes), Continue
+    2,000 more from the whole text shown (read from its end, with a notice). Continue is Generate on the opening and
+    what was written, as the API shows."""
+    from gradio_client import Client
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, log = endless_space
+    wait = WebDriverWait(browser, 180)
+    browser.get(url)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea")).send_keys(PROMPT)
+    raw = browser.find_element(By.CSS_SELECTOR, "#raw-output textarea")
+    browser.find_element(By.CSS_SELECTOR, "#seed input").send_keys("7")
+    length = browser.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=number]")
+    length.clear()
+    length.send_keys("2000\n")
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=range]")
+               .get_attribute("value") == "2000")
+
+    def press(button: str, entries: int) -> tuple[str, list[str]]:
+        """Click, collect the notices shown while the pass runs (a toast lasts seconds), return the text and them."""
+        browser.find_element(By.CSS_SELECTOR, f"#{button}").click()
+        notices = set()
+
+        def finished(driver) -> bool:
+            notices.update(toast.text for toast in driver.find_elements(By.CSS_SELECTOR, ".toast-body"))
+            return len(driver.find_elements(By.CSS_SELECTOR, "#history .vg-entry")) == entries
+
+        wait.until(finished)
+        return raw.get_attribute("value"), sorted(notices)
+
+    first, notices = press("generate", 1)
+    assert notices == []  # the opening fits the window
+    both, notices = press("continue", 2)
+    assert as_shown(both).startswith(as_shown(first)) and len(both) > len(first)
+    assert any(re.search(r"The text is \d+ tokens; the model reads its last 127 and goes on from there", notice)
+               for notice in notices), notices
+    passes = [m for m in records(log) if m.group(2) == "finished"]
+    assert [(m.group(3), m.group(4)) for m in passes] == [("2000", "2000")] * 2  # 4,000 tokens written
+
+    # through the API: Continue from the first pass is that pass followed by Generate on everything shown
+    client = Client(url, verbose=False)
+    settings = (300, *(GENERATION_DEFAULTS[name] for name in ("temperature", "top_k", "top_p", "repetition_penalty")), 7)
+    written = client.predict(PROMPT, first, *settings, api_name="/continue")
+    assert written == first + client.predict(PROMPT + first, *settings, api_name="/generate")
+    with pytest.raises(Exception, match="Generate first: Continue goes on from the text written so far"):
+        client.predict(PROMPT, "", *settings, api_name="/continue")

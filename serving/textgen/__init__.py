@@ -114,13 +114,14 @@ from .streaming import (
 from .threads import Generation, generate_text
 
 __all__ = [
-    "AsyncTokenStreamer", "BATCH_INVARIANT", "ContextShift", "add_context_shift_arguments", "context_shift_from_args", "BF16_KERNEL_MAX_ROWS", "BatchedGeneration", "CancelCriteria",
-    "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES", "Engine", "Float32Linear", "FrequencyPresencePenaltyLogitsProcessor",
-    "Generation", "GenerationError", "GenerationParameters", "INT8_KERNEL_MAX_ROWS", "Int8Linear", "LOGPROB_FLOOR",
-    "Limits", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS", "MinNewTokensLogitsProcessor", "Overloaded", "PackedLinear",
-    "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S", "StopSequenceCriteria", "Token", "TokenChooser",
-    "TokenStreamer", "ValidationError", "active_generations", "add_model_arguments", "batch_invariant_attention",
-    "bf16_kernel_native", "compile_decode", "context_length", "control_parameters", "decode_kernels_available",
+    "AsyncTokenStreamer", "BATCH_INVARIANT", "BF16_KERNEL_MAX_ROWS", "BatchedGeneration", "CancelCriteria",
+    "ContextShift", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES", "Engine", "Float32Linear",
+    "FrequencyPresencePenaltyLogitsProcessor", "Generation", "GenerationError", "GenerationParameters",
+    "INT8_KERNEL_MAX_ROWS", "Int8Linear", "LOGPROB_FLOOR", "Limits", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS",
+    "MinNewTokensLogitsProcessor", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
+    "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
+    "add_context_shift_arguments", "add_model_arguments", "batch_invariant_attention", "bf16_kernel_native",
+    "compile_decode", "context_length", "context_shift_from_args", "control_parameters", "decode_kernels_available",
     "generate_text", "in_a_thread_of_its_own", "load_model", "load_model_from_args", "make_batch_invariant",
     "model_source", "native_bf16", "next_text", "pack_bf16", "packing_available", "prepare_for_serving",
     "prepare_request", "quantize_int8", "request_processors", "resolve_dtype", "sampling_defaults", "sampling_warpers",

@@ -5,8 +5,10 @@ StreamingLLM's attention sinks are the same idea), the older `discard` part of t
 continues with what is left at positions 0.. again. How a model follows depends on its positions:
 
 - rotary positions (the modern recipe, Llama, Qwen3): the kept keys are rotated back by the number of positions
-  dropped, in the KV cache, with no recomputation (a rotation by p - d is the rotation by p followed by one by -d;
-  exact up to the rounding of the cache's dtype);
+  dropped, in the KV cache, with no recomputation (a rotation by p - d is the rotation by p followed by one by -d,
+  so the distances between kept tokens are exactly as they were, up to the rounding of the cache's dtype). As in
+  llama.cpp, the cached states of the kept tokens beyond the first layer still carry what they read of the dropped
+  text: a shifted cache is not a fresh encoding of the kept tokens, it is cheaper and keeps more;
 - learned positions (the GPT-2 recipe, GPT-2), or any other: the kept tokens are encoded again at their new positions
   (one prefill of the kept context, whose last logits choose the next token).
 
@@ -32,14 +34,14 @@ class ContextShift:
     discard: float = DEFAULT_DISCARD
 
     @classmethod
-    def for_model(cls, model, keep: int | None = None, discard: float | None = None) -> "ContextShift":
+    def for_model(cls, model, keep: int | None = None, discard: float | None = None) -> ContextShift:
         """The model's own policy (VictorianGPT's config carries `context_keep` and `context_discard`, which its own
         generate() also follows), else the defaults here; `keep` and `discard` override either."""
         config = model.config
         return cls(keep=keep if keep is not None else getattr(config, "context_keep", DEFAULT_KEEP),
                    discard=discard if discard is not None else getattr(config, "context_discard", DEFAULT_DISCARD))
 
-    def check(self, window: int) -> "ContextShift":
+    def check(self, window: int) -> ContextShift:
         """A one-line ValueError for a policy that cannot work with a `window`-token context; returns self."""
         if self.keep < 0:
             raise ValueError(f"context keep must be 0 or more, got {self.keep}")
