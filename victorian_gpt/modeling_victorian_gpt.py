@@ -505,8 +505,9 @@ class VictorianGPTModel(VictorianGPTPreTrainedModel):
 
 # The product's sampling defaults. They live on `model.generation_config`, which `save_pretrained` writes to
 # generation_config.json; `generate()`, the Space and the server read them from there. Chosen by bench/bench_samples.py
-# (the fewest non-words whose repetition stays within real prose's at 200 tokens; README, "Sampling defaults").
-GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.5, top_k=50, top_p=0.9, repetition_penalty=1.2)
+# and bench/bench_long_samples.py (the fewest non-words whose repetition stays within real prose's at 200 tokens and
+# over 2,000 past the context, quarter by quarter; docs/serving.md, "Sampling defaults").
+GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.2)
 
 
 class VictorianGPTForCausalLM(VictorianGPTPreTrainedModel, GenerationMixin):
