@@ -32,6 +32,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from victorian_gpt.sources import DEFAULT_DATASET, add_text_arguments, load_text_dataset, text_options_from_args
 from victorian_gpt.utils.modeling import context_length
@@ -173,6 +174,9 @@ def evaluate_strided(model, books, measures: dict, block_size: int, stride: int,
     byte_table, word_tables = measures["byte_lengths"], measures["word_tables"]
     nll = 0.0
     tokens = bytes_ = words = windows_done = 0
+    books = list(books)
+    bar = tqdm(total=sum(max(len(ids) - 1, 0) for ids in books), desc=f"eval (stride {stride})", unit="tok",
+               unit_scale=True, dynamic_ncols=True)
     for ids in books:
         if max_windows is not None and windows_done >= max_windows:
             break
@@ -189,6 +193,8 @@ def evaluate_strided(model, books, measures: dict, block_size: int, stride: int,
         tokens += scored
         bytes_ += int(byte_table[targets].sum())
         words += count_words(np.stack([ids[:scored], ids[1 : scored + 1]], axis=1), word_tables)
+        bar.update(scored)
+    bar.close()
     model.train(was_training)
     if tokens == 0:
         raise ValueError("evaluation scored no token; the split has no book of two tokens or more")
