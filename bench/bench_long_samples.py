@@ -482,16 +482,9 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="an exported model folder (default: %(default)s)")
-    parser.add_argument("--dataset", default=str(DEFAULT_DATASET),
-                        help="a local PG19-format folder: openings from its validation split, the word list from its "
-                             "training split (default: %(default)s)")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--validation-split", default="validation")
+    bs.add_source_arguments(parser)
     parser.add_argument("--openings", type=int, default=12,
                         help="openings, spread over the books (default: %(default)s)")
-    parser.add_argument("--opening-words", type=int, default=20)
-    parser.add_argument("--min-paragraph-words", type=int, default=40)
     parser.add_argument("--new-tokens", type=int, default=2000, help="tokens per continuation, real and generated "
                                                                      "(default: %(default)s)")
     parser.add_argument("--quarter-tokens", type=int, default=500,

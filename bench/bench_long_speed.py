@@ -33,7 +33,7 @@ from common import emit, environment
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from serving import textgen
+from serving import textgen  # noqa: E402
 
 DEFAULT_MODEL = REPO / "runs" / "pg19-sample-cpu" / "model"
 OPENINGS = [
@@ -87,7 +87,8 @@ def summarize(result: dict, prompt_length: int, window: int, policy: textgen.Con
     inside = gaps[: first - 1]  # tokens 1 .. first - 1: the first window, the prefill's token left out
     after = gaps[first - 1:]
     shifted = [gaps[j - 1] for j in steps]
-    plain = [gaps[j - 1] for j in range(first, len(result["ids"])) if j not in set(steps)]
+    shifting = set(steps)
+    plain = [gaps[j - 1] for j in range(first, len(result["ids"])) if j not in shifting]
     return {"first_window_s": statistics.mean(inside), "after_s": statistics.mean(after) if after else None,
             "after_without_shift_steps_s": statistics.mean(plain) if plain else None,
             "shift_step_s": statistics.mean(shifted) if shifted else None, "shifts": result["shifts"],
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
                 after = statistics.mean(r["after_s"] for r in rows)
                 shift_steps = [r["shift_step_s"] for r in rows if r["shift_step_s"] is not None]
                 record = {
-                    "bench": "long_speed", "variant": variant, "serving_dtype": str(getattr(model, "serving_dtype", "")),
+                    "bench": "long_speed", "variant": variant,
+                    "serving_dtype": str(getattr(model, "serving_dtype", "")),
                     "streams": streams, "window": window, "keep": policy.keep, "discard": policy.discard,
                     "new_tokens": args.new_tokens, "tokens_per_s": round(streams * args.new_tokens / elapsed, 1),
                     "first_window_ms_per_token": round(1000 * first, 3),

@@ -573,18 +573,23 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 5) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_source_arguments(parser) -> None:
+    """The model, the corpus and how openings are cut from it (shared with bench_long_samples.py)."""
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="an exported model folder (default: %(default)s)")
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET),
                         help="a local PG19-format folder: openings from its validation split, the word list from its "
                              "training split (default: %(default)s)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--validation-split", default="validation")
-    parser.add_argument("--num-openings", type=int, default=32)
     parser.add_argument("--opening-words", type=int, default=20)
     parser.add_argument("--min-paragraph-words", type=int, default=40)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arguments(parser)
+    parser.add_argument("--num-openings", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens per continuation (real and generated)")
     parser.add_argument("--seed", type=int, default=1919)
     parser.add_argument("--temperatures", type=float, nargs="+", default=DEFAULT_GRID["temperatures"])

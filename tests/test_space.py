@@ -25,11 +25,11 @@ PROMPT = "It was a dark and stormy night; the rain fell in torrents"
 GEN_LINE = re.compile(r"(gen-\d+) (finished|cancelled|failed) after (\d+)/(\d+) tokens")
 
 
-@pytest.fixture(scope="module")
-def space(small_export, tmp_path_factory):
+def run_space(model: Path, tmp_path_factory):
+    """The Space over `model` in a server process of its own: yields (url, log) once it answers, stops it after."""
     port = free_port()
     log = tmp_path_factory.mktemp("space") / "app.log"
-    env = {**os.environ, "MODEL_ID": str(small_export), "GRADIO_SERVER_NAME": "127.0.0.1",
+    env = {**os.environ, "MODEL_ID": str(model), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
            "DTYPE": "float32"}  # the exact path: these tests compare with fp32 generate()
     with open(log, "w") as out:
@@ -41,6 +41,11 @@ def space(small_export, tmp_path_factory):
         yield url, log
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def space(small_export, tmp_path_factory):
+    yield from run_space(small_export, tmp_path_factory)
 
 
 def records(log: Path) -> list[re.Match]:
@@ -460,19 +465,7 @@ def endless_space(modern_tiny_export, tmp_path_factory):
     generation_config = json.loads((folder / "generation_config.json").read_text())
     generation_config["eos_token_id"] = None
     (folder / "generation_config.json").write_text(json.dumps(generation_config))
-    port = free_port()
-    log = tmp_path_factory.mktemp("space") / "app.log"
-    env = {**os.environ, "MODEL_ID": str(folder), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "DTYPE": "float32"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "spaces_app" / "app.py")], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("cwd"))
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_http(url, proc, timeout=180, log=log)
-        yield url, log
-    finally:
-        stop_process(proc)
+    yield from run_space(folder, tmp_path_factory)
 
 
 @pytest.mark.slow  # Chromium, and the Space in a server process
@@ -481,6 +474,7 @@ def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless
     2,000 more from the whole text shown (read from its end, with a notice). Continue is Generate on the opening and
     what was written, as the API shows."""
     from gradio_client import Client
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -502,7 +496,11 @@ def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless
         notices = set()
 
         def finished(driver) -> bool:
-            notices.update(toast.text for toast in driver.find_elements(By.CSS_SELECTOR, ".toast-body"))
+            for toast in driver.find_elements(By.CSS_SELECTOR, ".toast-body"):
+                try:
+                    notices.add(toast.text)
+                except StaleElementReferenceException:  # it closed between finding and reading: read on the next poll
+                    pass
             return len(driver.find_elements(By.CSS_SELECTOR, "#history .vg-entry")) == entries
 
         wait.until(finished)
@@ -519,7 +517,8 @@ def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless
 
     # through the API: Continue from the first pass is that pass followed by Generate on everything shown
     client = Client(url, verbose=False)
-    settings = (300, *(GENERATION_DEFAULTS[name] for name in ("temperature", "top_k", "top_p", "repetition_penalty")), 7)
+    controls = ("temperature", "top_k", "top_p", "repetition_penalty")
+    settings = (300, *(GENERATION_DEFAULTS[name] for name in controls), 7)
     written = client.predict(PROMPT, first, *settings, api_name="/continue")
     assert written == first + client.predict(PROMPT + first, *settings, api_name="/generate")
     with pytest.raises(Exception, match="Generate first: Continue goes on from the text written so far"):
