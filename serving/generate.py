@@ -75,11 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         print("victorian-gpt generate: --torch-compile compiles generate()'s decode step (--prompt, --interactive); "
               "--prompts-file runs the batching engine, which it does not compile", file=sys.stderr)
         return 2
+    if args.batch_size < 1:
+        print("victorian-gpt generate: --batch-size must be at least 1", file=sys.stderr)
+        return 2
     try:
         model, tokenizer = textgen.load_model_from_args(args, torch_compile=args.torch_compile)
-        shift = textgen.context_shift_from_args(args, model).check(textgen.context_length(model, tokenizer))
     except (OSError, ValueError) as error:
         print(f"victorian-gpt generate: cannot load {args.model!r}: {error}", file=sys.stderr)
+        return 2
+    try:
+        shift = textgen.context_shift_from_args(args, model).check(textgen.context_length(model, tokenizer))
+    except ValueError as error:
+        print(f"victorian-gpt generate: {error}", file=sys.stderr)
         return 2
     # The engine writes past the window (the context shifts); generate()'s compiled static cache cannot
     limits = textgen.Limits.for_model(model, tokenizer, max_total_tokens=None if args.torch_compile else UNLIMITED)
@@ -89,9 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     settings.update(seed=args.seed, do_sample=settings["do_sample"] and not args.greedy)
 
-    if args.batch_size < 1:
-        print("victorian-gpt generate: --batch-size must be at least 1", file=sys.stderr)
-        return 2
     session = Session(model, tokenizer, limits, settings, batch_size=args.batch_size, context_shift=shift,
                       compiled=args.torch_compile)
     try:

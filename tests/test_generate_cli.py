@@ -118,10 +118,13 @@ def test_bad_arguments_are_clear(tiny_export, tmp_path, capsys):
     assert main([str(tiny_export), "--prompt", PROMPT, "--temperature", "0"]) == 2
     assert "`temperature` must be strictly positive" in capsys.readouterr().err
     assert main([str(tiny_export), "--prompt", PROMPT, "--context-keep", "100"]) == 2  # over half the 128-token window
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()[-1:]) == 1 and "context keep (100) must be at most half" in err
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("victorian-gpt generate:")]
+    assert said == ["victorian-gpt generate: context keep (100) must be at most half the model's context (128 tokens): "
+                    "the rest of the window is where the text goes on"]  # one line, and not a loading failure
     assert main([str(tiny_export), "--prompt", PROMPT, "--context-discard", "1.5"]) == 2
     assert "context discard must be a fraction between 0 and 1" in capsys.readouterr().err
+    assert main([str(tmp_path / "no-model"), "--prompt", PROMPT, "--batch-size", "0"]) == 2  # before any loading
+    assert capsys.readouterr().err.strip() == "victorian-gpt generate: --batch-size must be at least 1"
     assert main([str(tiny_export), "--prompts-file", str(tmp_path / "missing.txt")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main([str(tmp_path / "no-model"), "--prompt", PROMPT]) == 2
