@@ -253,7 +253,7 @@ def show_text(raw: str | None, reflowed: bool) -> str:
     return reflow(raw or "") if reflowed else (raw or "")
 
 
-# ---- history: the visitor's generations of this session, kept in gr.State and downloadable without server files
+# ---- history: the visitor's generations during this visit, kept in gr.State and downloadable without server files
 
 
 def add_to_history(run, history):
@@ -367,7 +367,7 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
             with gr.Row():
                 downloads = gr.HTML(downloads_html([]), elem_id="history-downloads")
                 clear_button = gr.Button("Clear history", size="sm", elem_id="clear-history", scale=0)
-        history = gr.State([])  # this session's records; Gradio deletes it some time after the page is closed
+        history = gr.State([])  # this visit's records; Gradio deletes it some time after the page is closed
         run = gr.State(None)  # the record of the generation in progress
 
         inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed]
