@@ -320,3 +320,48 @@ def test_fine_tuning_keys_are_checked_when_the_config_is_read(tmp_path):
                              ({"validation_split_percentage": "100"}, "between 0 and 100")):
         with pytest.raises(ValueError, match=words):
             load_config(str(config), overrides)
+
+
+def test_fine_tuning_has_its_own_defaults_for_the_keys_the_user_did_not_give(tmp_path):
+    """With model_name_or_path set, a key neither the YAML file nor the command line gives takes fine-tuning's default
+    (per finetuning_type); a given key keeps its value; training from scratch keeps the from-scratch defaults."""
+    from training.config import FINETUNING_DEFAULTS, TrainingConfig, load_config
+
+    scratch = load_config(None, {})
+    assert (scratch.tokens_per_step, scratch.learning_rate) == (TrainingConfig.tokens_per_step,
+                                                                TrainingConfig.learning_rate)
+    for kind in ("full", "lora"):
+        config = load_config(None, {"model_name_or_path": "some/model", "finetuning_type": kind})
+        for key, value in {**FINETUNING_DEFAULTS["common"], **FINETUNING_DEFAULTS[kind]}.items():
+            assert getattr(config, key) == value, key
+    assert FINETUNING_DEFAULTS["common"]["tokens_per_step"] < TrainingConfig.tokens_per_step
+    assert FINETUNING_DEFAULTS["lora"]["learning_rate"] != FINETUNING_DEFAULTS["full"]["learning_rate"]
+    yaml_file = tmp_path / "ft.yaml"
+    yaml_file.write_text("model_name_or_path: some/model\nfinetuning_type: lora\nlora_r: 4\n")
+    config = load_config(str(yaml_file), {"learning_rate": "1e-4", "tokens_per_step": "2048"})
+    assert (config.lora_r, config.learning_rate, config.tokens_per_step) == (4, 1e-4, 2048)
+    assert config.lora_alpha == FINETUNING_DEFAULTS["lora"]["lora_alpha"]
+    assert {"lora_r", "learning_rate", "tokens_per_step", "model_name_or_path"} <= config.given_keys
+
+
+@pytest.mark.slow  # a fine-tuning run (~12 s)
+def test_a_txt_dataset_without_a_test_folder_skips_the_test_evaluation_and_says_so(
+        tmp_path, tiny_export, capsys):
+    """train/ and validation/ alone: the run goes on without the default test split and prints why; a test split asked
+    for by name is still a one-line error before any compute."""
+    books = write_txt_books(tmp_path / "author", length=12_000, layout={"train": 2, "validation": 1})
+    out = tmp_path / "run"
+    args = ["--model_name_or_path", str(tiny_export), "--dataset", str(books), "--output_dir", str(out),
+            "--finetuning_type", "lora", "--lora_export", "adapter", "--max_steps", "1", "--tokens_per_step", "512",
+            "--micro_batch_size", "4", "--block_size", "64", "--eval_steps", "0", *FAST]
+    assert train_main(args) == 0
+    err = capsys.readouterr().err
+    assert "has no 'test' split: the test evaluation is skipped" in err
+    assert "fine-tuning defaults (lora): " in err and "learning_rate" in err and "tokens_per_step" not in err
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert "test" not in summary["finetuning"]["after"] and "validation" in summary["finetuning"]["after"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*args, "--output_dir", str(tmp_path / "other"), "--test_split", "test"])
+    assert exit_info.value.code == 2
+    assert "has no 'test' split" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "other").exists()

@@ -3,25 +3,38 @@ raised before any, in one line, and nothing is written."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from victorian_gpt import VictorianGPTConfig
 from victorian_gpt.conversion import native_architecture
-from victorian_gpt.sources import is_txt_source, load_text_dataset
+from victorian_gpt.sources import TextOptions, is_txt_source, load_text_dataset, txt_splits
 from victorian_gpt.utils.modeling import context_length
 
 from .checkpoint import find_checkpoint
-from .config import DEFAULT_PRESET, TrainingConfig
+from .config import DEFAULT_PRESET, FINETUNING_DEFAULTS, TrainingConfig
 from .finetune import check_start
 from .shards import read_prepared_meta
+
+
+def _notice(message: str):
+    """One line on stderr, from the first process only (every rank runs these checks)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def check_inputs(config: TrainingConfig):
     """Raise a clear error for a bad dataset, tokenizer or output dir. Returns (model config, tokenizer or None)."""
     if config.model_name_or_path is not None:  # fine-tuning: the model fixes the architecture and the tokenizer
         model_config, start_tokenizer = check_start(config)
+        defaults = {**FINETUNING_DEFAULTS["common"], **FINETUNING_DEFAULTS.get(config.finetuning_type, {})}
+        used = [f"{key} {getattr(config, key):g}" if isinstance(getattr(config, key), float) else
+                f"{key} {getattr(config, key)}" for key in defaults if key not in config.given_keys]
+        if used:
+            _notice(f"fine-tuning defaults ({config.finetuning_type}): {', '.join(used)}")
     else:
         model_config = VictorianGPTConfig.from_preset(config.model_preset or DEFAULT_PRESET, **config.model_overrides)
         start_tokenizer = None
@@ -57,10 +70,17 @@ def check_inputs(config: TrainingConfig):
             raise ValueError(f"{source} ({split}) is empty")
         if not isinstance(first.get("text"), str):
             raise ValueError(f"{source} ({split}) has no 'text' field; its fields are {sorted(first)}")
-    if config.prepared_data is None:
-        if config.test_split and is_txt_source(config.dataset):  # a .txt folder without it fails now, not at the end
+    if config.prepared_data is None and config.test_split and is_txt_source(config.dataset):
+        # a .txt folder of train/ and validation/ alone is a normal thing to have: without a test split asked for by
+        # name the test evaluation is skipped, and said so; one asked for fails now, not at the end
+        if config.test_split not in txt_splits(config.dataset, TextOptions(**config.text_options)) \
+                and "test_split" not in config.given_keys:
+            _notice(f"{config.dataset} has no {config.test_split!r} split: the test evaluation is skipped (the "
+                    "validation split is the held-out figure)")
+            config.test_split = None
+        else:
             load_text_dataset(config.dataset, split=config.test_split, text_options=config.text_options)
-    else:
+    if config.prepared_data is not None:
         meta = read_prepared_meta(config.prepared_data)
         if config.tokenizer is None and start_tokenizer is None:
             raise ValueError("prepared_data needs the tokenizer it was prepared with: set `tokenizer`")

@@ -19,6 +19,16 @@ from victorian_gpt.sources import DEFAULT_DATASET
 
 DEFAULT_PRESET = "gpt2-124m"  # the model trained from scratch when model_preset is not set
 
+# Fine-tuning's own defaults, used when `model_name_or_path` is set and the key is not given (YAML or command line):
+# the from-scratch defaults (524,288 tokens a step, learning rate 1e-4, 100 warm-up steps) would spend a CPU budget on
+# a couple of steps. Chosen on the validation books of the authors' style datasets (docs/finetuning.md#defaults).
+FINETUNING_DEFAULTS = {
+    "common": {"tokens_per_step": 8192, "micro_batch_size": 8, "warmup_steps": 10, "lr_scheduler_type": "cosine",
+               "min_lr_ratio": 0.1, "weight_decay": 0.0},
+    "full": {"learning_rate": 3e-4},
+    "lora": {"learning_rate": 5e-3, "lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0},
+}
+
 
 @dataclass
 class TrainingConfig:
@@ -106,6 +116,10 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     overwrite_output_dir: bool = False
 
+    # not a field: the keys the YAML file and the command line set (load_config fills it), so that a default may
+    # bend where a value the user chose may not (a .txt dataset without test/ skips the default test_split)
+    given_keys = frozenset()
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -185,7 +199,13 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
     overrides = overrides or {}
     _unknown(overrides, "the command line")
     values.update(overrides)
+    given = frozenset(values)
+    if values.get("model_name_or_path") not in (None, "", "none", "null"):
+        kind = str(values.get("finetuning_type", TrainingConfig.finetuning_type))
+        for key, value in {**FINETUNING_DEFAULTS["common"], **FINETUNING_DEFAULTS.get(kind, {})}.items():
+            values.setdefault(key, value)
     config = TrainingConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    config.given_keys = given
     for name, allowed in (("data_sharding", ("books", "blocks")), ("mixed_precision", (None, "no", "fp16", "bf16")),
                           ("optimizer", ("adamw", "muon")), ("lr_scheduler_type", ("cosine", "warmup_stable_decay")),
                           ("decay_type", ("linear", "cosine", "1-sqrt")),
