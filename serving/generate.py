@@ -12,7 +12,8 @@ prompts together). `--max-new-tokens` may go past the model's context: when the 
 from the left with a notice. `--dtype auto` (the default) is bf16 where the CPU (AVX-512 BF16 / AMX) or GPU computes
 it natively, otherwise the model's own dtype; `--dtype float32` is the exact path; `--quantize int8` loads int8
 weights (the CPU path); `--torch-compile` runs `--prompt` and `--interactive` through `generate()` with a static KV
-cache and torch.compile (compiled once, then faster per token; it stops at the model's context). A Hub model with
+cache and torch.compile (compiled once, then faster per token; it stops at the model's context). `--lora-adapters
+NAME=SOURCE,...` loads LoRA adapters beside the model and `--adapter-id NAME` continues with one. A Hub model with
 remote code (config.json with `auto_map`) runs it only with `--trust-remote-code`; a local folder's code is trusted,
 and a native model needs none.
 """
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--repetition-penalty", type=float, default=None)
     sampling.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
     sampling.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    sampling.add_argument("--adapter-id", default=None, metavar="NAME",
+                          help="continue with this LoRA adapter, one of --lora-adapters (default: the base model)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (--prompt)")
     parser.add_argument("--output", help="with --prompts-file: write the JSON Lines here instead of stdout")
     parser.add_argument("--batch-size", type=int, default=32,
@@ -70,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.adapter_id is not None and args.adapter_id not in (args.lora_adapters or {}):
+        parser.error(f"--adapter-id {args.adapter_id!r} is not one of --lora-adapters "
+                     f"({', '.join(args.lora_adapters or {}) or 'none given'})")
     if args.torch_compile and args.prompts_file:
         print("victorian-gpt generate: --torch-compile compiles generate()'s decode step (--prompt, --interactive); "
               "--prompts-file runs the batching engine, which it does not compile", file=sys.stderr)
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.update(seed=args.seed, do_sample=settings["do_sample"] and not args.greedy)
 
     session = Session(model, tokenizer, limits, settings, batch_size=args.batch_size, context_shift=shift,
-                      compiled=args.torch_compile)
+                      compiled=args.torch_compile, adapter_id=args.adapter_id)
     try:
         if args.interactive:
             return session.interactive()
@@ -119,9 +126,11 @@ class Session:
     through one batching engine, which writes past the model's context; with `compiled`, through `generate()`."""
 
     def __init__(self, model, tokenizer, limits, settings: dict, batch_size: int = 32,
-                 context_shift: textgen.ContextShift | None = None, compiled: bool = False):
+                 context_shift: textgen.ContextShift | None = None, compiled: bool = False,
+                 adapter_id: str | None = None):
         self.model, self.tokenizer, self.limits, self.settings = model, tokenizer, limits, settings
         self.batch_size, self.context_shift, self.compiled = batch_size, context_shift, compiled
+        self.adapter_id = adapter_id  # the LoRA adapter every continuation uses (None: the base)
         self._engine = None
 
     @property
@@ -146,7 +155,7 @@ class Session:
             if not quiet:
                 print(f"victorian-gpt generate: {where} is {length} tokens, more than the model reads at once; "
                       f"it goes on from its last {self.limits.max_input_tokens}", file=sys.stderr)
-        return textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
+        return textgen.prepare_request(self.tokenizer, prompt, self.limits, adapter_id=self.adapter_id, **parameters)
 
     def start(self, prompt: str):
         input_ids, params = self.prepare(prompt)

@@ -60,6 +60,7 @@ through the Auto classes, as a downloaded Space would). One concern per file:
                    make_batch_invariant
     packed.py      bf16 linear layers packed for oneDNN (the CPU decode path): PackedLinear, pack_bf16
     prefix_cache.py  the KV of recently prefilled prompt openings (PrefixCache)
+    lora.py        LoRA adapters per request in the same batch: parse_lora_adapters, LoraLinear, adapter_rows
 """
 
 from .compiled import compile_decode
@@ -81,6 +82,7 @@ from .loading import (
     prepare_for_serving,
     resolve_dtype,
 )
+from .lora import LoraLinear, adapter_rows, attach_lora_adapters, parse_lora_adapters, use_adapter
 from .packed import PackedLinear, pack_bf16, packing_available
 from .params import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -117,13 +119,13 @@ __all__ = [
     "AsyncTokenStreamer", "BATCH_INVARIANT", "BF16_KERNEL_MAX_ROWS", "BatchedGeneration", "CancelCriteria",
     "ContextShift", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_CHOICES", "Engine", "Float32Linear",
     "FrequencyPresencePenaltyLogitsProcessor", "Generation", "GenerationError", "GenerationParameters",
-    "INT8_KERNEL_MAX_ROWS", "Int8Linear", "LOGPROB_FLOOR", "Limits", "MAX_STOP_SEQUENCES", "MAX_TOP_N_TOKENS",
-    "MinNewTokensLogitsProcessor", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES", "STREAM_TIMEOUT_S",
-    "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError", "active_generations",
-    "add_context_shift_arguments", "add_model_arguments", "batch_invariant_attention", "bf16_kernel_native",
-    "compile_decode", "context_length", "context_shift_from_args", "control_parameters", "decode_kernels_available",
-    "generate_text", "in_a_thread_of_its_own", "load_model", "load_model_from_args", "make_batch_invariant",
-    "model_source", "native_bf16", "next_text", "pack_bf16", "packing_available", "prepare_for_serving",
-    "prepare_request", "quantize_int8", "request_processors", "resolve_dtype", "sampling_defaults", "sampling_warpers",
-    "token_texts",
+    "INT8_KERNEL_MAX_ROWS", "Int8Linear", "LOGPROB_FLOOR", "Limits", "LoraLinear", "MAX_STOP_SEQUENCES",
+    "MAX_TOP_N_TOKENS", "MinNewTokensLogitsProcessor", "Overloaded", "PackedLinear", "PrefixCache", "QUANTIZE_CHOICES",
+    "STREAM_TIMEOUT_S", "StopSequenceCriteria", "Token", "TokenChooser", "TokenStreamer", "ValidationError",
+    "active_generations", "adapter_rows", "add_context_shift_arguments", "add_model_arguments", "attach_lora_adapters",
+    "batch_invariant_attention", "bf16_kernel_native", "compile_decode", "context_length", "context_shift_from_args",
+    "control_parameters", "decode_kernels_available", "generate_text", "in_a_thread_of_its_own", "load_model",
+    "load_model_from_args", "make_batch_invariant", "model_source", "native_bf16", "next_text", "pack_bf16",
+    "packing_available", "parse_lora_adapters", "prepare_for_serving", "prepare_request", "quantize_int8",
+    "request_processors", "resolve_dtype", "sampling_defaults", "sampling_warpers", "token_texts", "use_adapter",
 ]

@@ -7,7 +7,9 @@
 //   f32_gemm_nt(a float32 (M, K), b float32 (N, K), bias) -> float32 (M, N): float32 sums, and the bias, in a fixed
 //   order (Float32Linear's decode path);
 //   decode_attention(q (B, H, 1, D), k, v (B, Hkv, L, D), starts (B), scale) -> (B, 1, H, D): a decode step's
-//   attention, each sequence over its own keys (batch_invariant_attention's).
+//   attention, each sequence over its own keys (batch_invariant_attention's);
+//   lora_add_(y (M, N), x (M, K), a, b, slots (M), ranks): each row's LoRA delta, with its own adapter, added in place
+//   (LoraLinear's; rows of no adapter untouched).
 // Every output element is summed in an order that depends on K alone, never on M or on the thread count: a row gets
 // the same bits whatever else is in the batch (batch invariance), which PyTorch's GEMMs do not promise.
 //
@@ -601,6 +603,85 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
+// LoRA deltas, each row with its own adapter (serving/textgen/lora.py): for every row m whose slot s = slots[m] >= 0
+// and ranks[s] > 0, y[m] += (x[m] @ a[s]) @ b[s] over the first ranks[s] of the R inner columns, in float32, added to
+// y in float32 and rounded once to y's dtype. a (S, K, R) is A^T, b (S, R, N) scaling * B^T, both float32 and padded
+// with zeros to R. Each output sums its terms in an order fixed by K and the adapter's rank alone (per element: the
+// loops over K and over the rank run in order; vectorised across R and across N, never across the sum), so a row gets
+// the same bits whatever the other rows are, and a row of no adapter is left untouched.
+template <typename X, typename Y>
+void lora_add_impl(Y* y_ptr, const X* x_ptr, const float* a_ptr, const float* b_ptr, const int64_t* slots,
+                   const int64_t* ranks, int64_t m_size, int64_t k_size, int64_t r_size, int64_t n_size) {
+  std::vector<float> h(m_size * r_size, 0.f);
+  for (int64_t m = 0; m < m_size; ++m) {
+    const int64_t s = slots[m];
+    if (s < 0 || ranks[s] == 0) continue;
+    float* hm = h.data() + m * r_size;
+    const float* as = a_ptr + s * k_size * r_size;
+    const X* xm = x_ptr + m * k_size;
+    for (int64_t k = 0; k < k_size; ++k) {
+      const float xk = static_cast<float>(xm[k]);
+      const float* ak = as + k * r_size;
+      for (int64_t j = 0; j < r_size; ++j) hm[j] = std::fma(xk, ak[j], hm[j]);
+    }
+  }
+  int64_t work = 0;  // products of the second stage, to decide whether threads pay
+  for (int64_t m = 0; m < m_size; ++m)
+    if (slots[m] >= 0) work += ranks[slots[m]];
+  const int64_t grain = std::max<int64_t>(64, 32768 / std::max<int64_t>(1, work));
+  at::parallel_for(0, n_size, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> d(end - begin);
+    for (int64_t m = 0; m < m_size; ++m) {
+      const int64_t s = slots[m];
+      if (s < 0 || ranks[s] == 0) continue;
+      std::fill(d.begin(), d.end(), 0.f);
+      const float* hm = h.data() + m * r_size;
+      for (int64_t j = 0; j < ranks[s]; ++j) {
+        const float hj = hm[j];
+        const float* bj = b_ptr + (s * r_size + j) * n_size + begin;
+        for (int64_t n = 0; n < end - begin; ++n) d[n] = std::fma(hj, bj[n], d[n]);
+      }
+      Y* ym = y_ptr + m * n_size + begin;
+      for (int64_t n = 0; n < end - begin; ++n) ym[n] = static_cast<Y>(static_cast<float>(ym[n]) + d[n]);
+    }
+  });
+}
+
+void lora_add_(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& slots,
+               const at::Tensor& ranks) {
+  TORCH_CHECK(y.dim() == 2 && x.dim() == 2 && y.size(0) == x.size(0) && y.is_contiguous() && x.is_contiguous(),
+              "lora_add_: y (M, N) and x (M, K), contiguous; got ", y.sizes(), " and ", x.sizes());
+  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16, "lora_add_: y float32 or bf16");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "lora_add_: x float32 or bf16");
+  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.dim() == 3 && b.dim() == 3 &&
+              a.is_contiguous() && b.is_contiguous() && a.size(0) == b.size(0) && a.size(1) == x.size(1) &&
+              a.size(2) == b.size(1) && b.size(2) == y.size(1),
+              "lora_add_: a float32 (S, K, R) and b float32 (S, R, N); got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == x.size(0) && ranks.scalar_type() == at::kLong &&
+              ranks.numel() == a.size(0) && slots.is_contiguous() && ranks.is_contiguous(),
+              "lora_add_: slots int64 (M) and ranks int64 (S)");
+  const int64_t* s_ptr = slots.data_ptr<int64_t>();
+  const int64_t* r_ptr = ranks.data_ptr<int64_t>();
+  for (int64_t m = 0; m < slots.numel(); ++m)
+    TORCH_CHECK(s_ptr[m] < a.size(0), "lora_add_: row ", m, " names adapter ", s_ptr[m], " of ", a.size(0));
+  for (int64_t s = 0; s < ranks.numel(); ++s)
+    TORCH_CHECK(r_ptr[s] >= 0 && r_ptr[s] <= a.size(2), "lora_add_: rank ", r_ptr[s], " beyond ", a.size(2));
+  const int64_t m_size = x.size(0), k_size = x.size(1), r_size = a.size(2), n_size = y.size(1);
+  const float* a_ptr = a.data_ptr<float>();
+  const float* b_ptr = b.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat && y.scalar_type() == at::kFloat)
+    lora_add_impl(y.data_ptr<float>(), x.data_ptr<float>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size, r_size, n_size);
+  else if (x.scalar_type() == at::kBFloat16 && y.scalar_type() == at::kBFloat16)
+    lora_add_impl(y.data_ptr<at::BFloat16>(), x.data_ptr<at::BFloat16>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size,
+                  r_size, n_size);
+  else if (x.scalar_type() == at::kFloat)
+    lora_add_impl(y.data_ptr<at::BFloat16>(), x.data_ptr<float>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size, r_size,
+                  n_size);
+  else
+    lora_add_impl(y.data_ptr<float>(), x.data_ptr<at::BFloat16>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size, r_size,
+                  n_size);
+}
+
 // whether bf16_gemm_nt was compiled with AVX-512 BF16 (elsewhere its plain C++ is no match for oneDNN)
 bool bf16_native() {
 #if defined(__AVX512BF16__)
@@ -618,6 +699,7 @@ TORCH_LIBRARY(victorian_gpt, m) {
   m.def("bf16_gemm_nt(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
   m.def("f32_gemm_nt(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor starts, float scale) -> Tensor");
+  m.def("lora_add_(Tensor(a!) y, Tensor x, Tensor a, Tensor b, Tensor slots, Tensor ranks) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(victorian_gpt, CPU, m) {
@@ -625,6 +707,7 @@ TORCH_LIBRARY_IMPL(victorian_gpt, CPU, m) {
   m.impl("bf16_gemm_nt", &bf16_gemm_nt);
   m.impl("f32_gemm_nt", &f32_gemm_nt);
   m.impl("decode_attention", &decode_attention);
+  m.impl("lora_add_", &lora_add_);
 }
 
 TORCH_LIBRARY_IMPL(victorian_gpt, CompositeExplicitAutograd, m) {

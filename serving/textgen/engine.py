@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from .context_shift import ContextShift, rotary_frequencies, shift_cache
 from .errors import GenerationError, Overloaded, ValidationError
 from .kv_cache import _cache_layers, _left_pad, _new_cache, _release_freed_memory
-from .params import GenerationParameters, Limits, context_length
+from .lora import adapter_rows
+from .params import GenerationParameters, Limits, check_adapter, context_length
 from .prefix_cache import PrefixCache
 from .request import _eos_ids, _ids, _Request
 from .streaming import STREAM_TIMEOUT_S, request_processors
@@ -33,6 +34,7 @@ class BatchedGeneration(_Request):
         self.input_ids, self.params, self.timeout = list(input_ids), params, timeout
         self.name = name or f"gen-{next(_ids)}"
         self.eos_ids = engine.eos_ids  # (none with `ignore_eos`: _setup clears them)
+        self.adapter_id = params.adapter_id  # its LoRA adapter (None: the base), which its rows take in every step
         self._setup(self.tokenizer, self.input_ids, params, timeout, asynchronous, self.name)
         self.finishing = False  # set by the engine just before it hands over the last token
         self.streamer.is_last = lambda token_id, count: self.finishing
@@ -73,7 +75,12 @@ class Engine:
     selected out of the cache, and columns that became padding everywhere are trimmed).
 
     With `prefix_cache_tokens` > 0, a prompt whose opening (whole blocks of `prefix_cache_block_size` tokens) was
-    prefilled before starts from a copy of that KV and prefills only the rest (see prefix_cache.py).
+    prefilled before starts from a copy of that KV and prefills only the rest (see prefix_cache.py); under the same
+    LoRA adapter only, since an adapter's KV is its own.
+
+    A model loaded with LoRA adapters (`load_model(lora_adapters=...)`, textgen.lora) serves each request with the
+    adapter it names (`GenerationParameters.adapter_id`, None: the base): its prefill runs under that adapter, and in
+    a decode step every row takes its own request's adapter, the base's rows none, all in the same forward pass.
 
     A batch-invariant model (`load_model`'s default, textgen.invariant) decodes each row with the bits it would get
     alone; the engine then prefills every prompt in pieces of exactly those blocks, cut at the same places whatever
@@ -120,6 +127,7 @@ class Engine:
                              f"cache's block size ({self.prefix_cache.block_size}) or exceed it")
         self.prefilled_tokens = 0  # prompt tokens computed so far (not counting those the prefix cache served)
         self.eos_ids = _eos_ids(model)
+        self.adapters = tuple(getattr(model, "lora_adapters", None) or ())  # the LoRA adapters requests may name
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._cond = threading.Condition()
@@ -145,9 +153,11 @@ class Engine:
                timeout: float | None = None, name: str | None = None) -> BatchedGeneration:
         """Queue a validated request (see `prepare_request`); iterate the result for its `Token`s.
 
-        Raises `Overloaded` when `max_concurrent_requests` are already in flight. `asynchronous=True` (from a running
-        event loop) gives a request to iterate with `async for`.
+        Raises `Overloaded` when `max_concurrent_requests` are already in flight, `ValidationError` for an adapter the
+        model does not have. `asynchronous=True` (from a running event loop) gives a request to iterate with
+        `async for`.
         """
+        check_adapter(params.adapter_id, self.adapters)
         if len(input_ids) + params.max_new_tokens > self.limits.max_total_tokens:
             raise ValidationError(f"`inputs` tokens + `max_new_tokens` must be <= {self.limits.max_total_tokens}. "
                                   f"Given: {len(input_ids)} `inputs` tokens and {params.max_new_tokens} `max_new_tokens`")
@@ -328,16 +338,18 @@ class Engine:
         if admitted:
             self._steps_since_admission = 0
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
+    def _forward(self, input_ids, attention_mask, position_ids, cache, adapters):
+        """The last position's logits of each row; row i under LoRA adapter `adapters[i]` (None: the base)."""
         device = self.model.device
-        return self.model(
-            input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
-            attention_mask=attention_mask.to(device),
-            position_ids=torch.tensor(position_ids, dtype=torch.long, device=device),
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kwarg: cache},
-        ).logits[:, -1]
+        with adapter_rows(self.model, adapters) if self.adapters else contextlib.nullcontext():
+            return self.model(
+                input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
+                attention_mask=attention_mask.to(device),
+                position_ids=torch.tensor(position_ids, dtype=torch.long, device=device),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
+            ).logits[:, -1]
 
     def _prefill(self):
         """Prefill admitted prompts, at most `max_batch_prefill_tokens` tokens this step."""
@@ -346,7 +358,8 @@ class Engine:
             generation = self._prefilling[0]
             try:
                 if generation.cache is None:  # its first chunk: start from the longest cached prefix, if any
-                    found, generation.cache = self.prefix_cache.lookup(generation.context, self.model.config)
+                    found, generation.cache = self.prefix_cache.lookup(generation.context, self.model.config,
+                                                                       adapter=generation.adapter_id)
                     generation.prefilled = generation.cached_tokens = found
                     if generation.cache is None:
                         generation.cache = _new_cache(self.model.config)
@@ -358,7 +371,8 @@ class Engine:
                         break  # the next step's
                 chunk = generation.context[start:end]
                 logits = self._forward([chunk], torch.ones(1, start + len(chunk), dtype=torch.long),
-                                       [list(range(start, start + len(chunk)))], generation.cache)
+                                       [list(range(start, start + len(chunk)))], generation.cache,
+                                       [generation.adapter_id])
                 generation.prefilled += len(chunk)
                 self.prefilled_tokens += len(chunk)
                 budget -= len(chunk)
@@ -380,7 +394,7 @@ class Engine:
         if not self.prefix_cache.enabled:
             return
         try:
-            self.prefix_cache.insert(generation.context, generation.cache)
+            self.prefix_cache.insert(generation.context, generation.cache, adapter=generation.adapter_id)
         except Exception:
             logger.exception("%s: could not store its prompt in the prefix cache", generation.name)
 
@@ -413,7 +427,7 @@ class Engine:
         mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
         try:
             logits = self._forward([[g.context[-1]] for g in rows], mask, [[len(g.context) - 1] for g in rows],
-                                   self._cache)
+                                   self._cache, [g.adapter_id for g in rows])
         except Exception as error:
             self._cache = self._mask = None
             self._running = []

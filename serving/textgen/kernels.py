@@ -3,9 +3,10 @@ than PyTorch's general ones on a CPU where one row reads every weight once (docs
 measured crossovers against PyTorch's kernels are in docs/benchmarks/).
 
 Built at first use with `torch.utils.cpp_extension` (a C++ compiler and ninja; torch caches the build on disk, so
-each machine compiles once), registered as `torch.ops.victorian_gpt.int8_linear` and `bf16_gemm_nt`, with shape
-functions so torch.compile traces them. `Int8Linear` and `PackedLinear` call them for up to `INT8_KERNEL_MAX_ROWS` / `BF16_KERNEL_MAX_ROWS` rows and
-keep PyTorch's kernels beyond, and wherever they cannot be built, or `VICTORIAN_GPT_DECODE_KERNELS=0`.
+each machine compiles once), registered as `torch.ops.victorian_gpt.int8_linear`, `bf16_gemm_nt`, `f32_gemm_nt`,
+`decode_attention` and `lora_add_` (LoRA deltas, each row its own adapter's: `lora.py`), with shape functions so
+torch.compile traces them. `Int8Linear` and `PackedLinear` call them for up to `INT8_KERNEL_MAX_ROWS` /
+`BF16_KERNEL_MAX_ROWS` rows and keep PyTorch's kernels beyond, and wherever they cannot be built, or `VICTORIAN_GPT_DECODE_KERNELS=0`.
 """
 
 from __future__ import annotations
@@ -73,3 +74,4 @@ def _build():
         lambda a, b, bias=None: a.new_empty((a.shape[0], b.shape[0])))
     torch.library.register_fake("victorian_gpt::decode_attention")(
         lambda q, k, v, starts, scale: q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3])))
+    torch.library.register_fake("victorian_gpt::lora_add_")(lambda y, x, a, b, slots, ranks: None)

@@ -19,6 +19,7 @@ from .compiled import compile_decode
 from .int8 import quantize_int8
 from .invariant import make_batch_invariant
 from .kernels import bf16_kernel_native
+from .lora import attach_lora_adapters, check_modules, check_tokenizer, parse_lora_adapters, read_adapter
 from .packed import pack_bf16
 
 logger = logging.getLogger("victorian_gpt.serving")
@@ -85,7 +86,7 @@ def _config_dtype(config: dict) -> torch.dtype:
 
 def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.dtype | None = None, revision=None,
                quantize: str | None = None, trust_remote_code: bool = False, torch_compile: bool = False,
-               batch_invariant: bool = True):
+               batch_invariant: bool = True, lora_adapters: dict[str, str] | None = None):
     """(model, tokenizer) from a Hub id or a local folder, through the Auto classes.
 
     `dtype`: "auto" (what the front ends default to) is bf16 where the device computes it natively (AVX-512 BF16 or
@@ -103,10 +104,17 @@ def load_model(model_id: str, *, device: str | None = None, dtype: str | torch.d
     (`textgen.invariant`); where that cannot be had (a GPU, no decode kernels), a warning says why and the model loads
     without it. `model.batch_invariant` says which. (With `torch_compile`, which compiles `generate()`'s decoding of
     one sequence, there is no batch and it is left out.)
+    `lora_adapters` ({name: source}, `parse_lora_adapters`; a source is an adapter folder or a Hub id with an
+    optional `@revision`): LoRA adapters served beside the base, a request choosing one by name
+    (`GenerationParameters.adapter_id`), rows of different adapters decoding in the same batch (`textgen.lora`).
+    Each is read and checked before any compute, a one-line ValueError naming it when it does not load or was made
+    for another model (another architecture, tokenizer, module or shape). `model.lora_adapters` holds their names
+    (() when none).
     """
     return in_a_thread_of_its_own(_load_model, model_id, device=device, dtype=dtype, revision=revision,
                                   quantize=quantize, trust_remote_code=trust_remote_code,
-                                  torch_compile=torch_compile, batch_invariant=batch_invariant)
+                                  torch_compile=torch_compile, batch_invariant=batch_invariant,
+                                  lora_adapters=lora_adapters)
 
 
 def in_a_thread_of_its_own(function, *args, **kwargs):
@@ -135,20 +143,35 @@ def in_a_thread_of_its_own(function, *args, **kwargs):
 
 
 def _load_model(model_id: str, *, device, dtype, revision, quantize, trust_remote_code, torch_compile,
-                batch_invariant):
+                batch_invariant, lora_adapters):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
     if quantize and torch.device(device).type != "cpu":
         raise ValueError(f"--quantize {quantize} is the CPU path; on {device} use --dtype bfloat16 instead")
+    lora_adapters = dict(lora_adapters or {})
+    if lora_adapters and torch_compile:
+        raise ValueError("LoRA adapters are served by the batching engine; --torch-compile compiles generate()'s "
+                         "decode step of the base model alone")
+    if model_id in lora_adapters:
+        raise ValueError(f"LoRA adapter name {model_id!r} is the base model's own name")
     source = model_source(model_id, revision, trust_remote_code)
+    # the adapters' files, configs and bases first: a wrong one stops here, before the model's weights are read
+    adapters = [read_adapter(name, adapter, source["config"]) for name, adapter in lora_adapters.items()]
     chosen, why = resolve_dtype(dtype, device, _config_dtype(source["config"]), quantize)
     trust = source["trust_remote_code"]
     tokenizer = AutoTokenizer.from_pretrained(source["name"], trust_remote_code=trust, revision=revision)
+    for adapter in adapters:
+        check_tokenizer(adapter, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(source["name"], trust_remote_code=trust, revision=revision,
                                                  dtype=chosen)
+    for adapter in adapters:
+        check_modules(adapter, model)
     prepare_for_serving(model.to(device).eval(), why, quantize=quantize, torch_compile=torch_compile,
                         batch_invariant=batch_invariant)
+    attach_lora_adapters(model, adapters)
+    if adapters:
+        model.serving_dtype += f"; LoRA adapters: {', '.join(model.lora_adapters)}"
     return model, tokenizer
 
 
@@ -196,10 +219,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode a sequence to the same bits (so the same text for a seed) alone or beside others "
                              "(default); --no-batch-invariant gives that up for PyTorch's kernels in batches of many "
                              "rows (docs/generation-engine.md)")
+    parser.add_argument("--lora-adapters", type=_lora_adapters_argument, default=None, metavar="NAME=SOURCE,...",
+                        help="LoRA adapters to load at start and serve beside the base model, as NAME=SOURCE pairs "
+                             "separated by commas (SOURCE: an adapter folder, or a Hub id with an optional "
+                             "@revision). A request picks one by name (TGI's `adapter_id`, OpenAI's `model`); "
+                             "requests of different adapters and of the base decode in the same batch")
+
+
+def _lora_adapters_argument(text: str) -> dict[str, str]:
+    try:
+        return parse_lora_adapters(text)
+    except ValueError as error:  # argparse's one-line usage error, with our message
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def load_model_from_args(args: argparse.Namespace, **options):
     """`load_model` as the flags of `add_model_arguments` (and `options`, e.g. torch_compile) ask."""
+    adapters = getattr(args, "lora_adapters", None)
+    if isinstance(adapters, str):
+        adapters = parse_lora_adapters(adapters)
     return load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
                       revision=args.revision, trust_remote_code=args.trust_remote_code,
-                      batch_invariant=args.batch_invariant, **options)
+                      batch_invariant=args.batch_invariant, lora_adapters=adapters, **options)

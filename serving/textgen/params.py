@@ -44,6 +44,7 @@ class Limits:
     max_total_tokens: int
     max_stop_sequences: int = MAX_STOP_SEQUENCES
     max_top_n_tokens: int = MAX_TOP_N_TOKENS
+    adapters: tuple[str, ...] = ()  # the LoRA adapters a request may name (`adapter_id`), as `load_model` loaded them
 
     @classmethod
     def for_model(cls, model, tokenizer, max_input_tokens=None, max_total_tokens=None,
@@ -51,7 +52,8 @@ class Limits:
         window = context_length(model, tokenizer)
         total = max_total_tokens or window
         limits = cls(max_input_tokens=max_input_tokens or min(total, window) - 1, max_total_tokens=total,
-                     max_top_n_tokens=int(max_top_n_tokens))
+                     max_top_n_tokens=int(max_top_n_tokens),
+                     adapters=tuple(getattr(model, "lora_adapters", None) or ()))
         if limits.max_top_n_tokens < 0:
             raise ValueError(f"need max_top_n_tokens >= 0, got {limits.max_top_n_tokens}")
         if not 0 < limits.max_input_tokens < limits.max_total_tokens:
@@ -81,6 +83,14 @@ class GenerationParameters:
     min_new_tokens: int = 0  # transformers' (vLLM's `min_tokens`): no end of sequence nor stop sequence before
     eos_token_id: tuple[int, ...] = ()  # what `min_new_tokens` holds back (the model's end-of-sequence ids)
     ignore_eos: bool = False  # vLLM's: generate through end-of-sequence tokens, up to `max_new_tokens`
+    adapter_id: str | None = None  # TGI's: the LoRA adapter to decode with (`Limits.adapters`); None: the base model
+
+
+def check_adapter(adapter_id: str | None, adapters: tuple[str, ...]) -> None:
+    """The ValidationError for a request naming an adapter the server does not have (None: the base, always)."""
+    if adapter_id is not None and adapter_id not in adapters:
+        raise ValidationError(f"unknown adapter '{adapter_id}'; this server has: {', '.join(adapters)}" if adapters
+                              else f"unknown adapter '{adapter_id}'; this server has none")
 
 
 def prepare_request(
@@ -104,6 +114,7 @@ def prepare_request(
     min_new_tokens: int | None = None,
     ignore_eos: bool = False,
     eos_token_id: int | list[int] | None = None,
+    adapter_id: str | None = None,
 ) -> tuple[list[int], GenerationParameters]:
     """Check a request with TGI's rules and tokenize its prompt. Returns (prompt token ids, parameters).
 
@@ -111,8 +122,10 @@ def prepare_request(
     turns sampling on; a prompt longer than `max_input_tokens` is rejected unless `truncate` is given, in which case
     only its last `truncate` tokens are kept. Every front end (TGI's routes, OpenAI's, the Space, the CLI) maps its
     own names onto these, so a value is refused the same way whichever route it came by. `eos_token_id` (default:
-    the tokenizer's) is what `min_new_tokens` holds back.
+    the tokenizer's) is what `min_new_tokens` holds back. `adapter_id` (TGI's) names one of `limits.adapters`, the
+    LoRA adapters loaded with the model (None: the base model).
     """
+    check_adapter(adapter_id, limits.adapters)
     sampling = do_sample or any(v is not None for v in (temperature, top_k, top_p, typical_p))
     if temperature is not None and temperature <= 0:
         raise ValidationError("`temperature` must be strictly positive")
@@ -193,6 +206,7 @@ def prepare_request(
         min_new_tokens=int(min_new_tokens or 0),
         eos_token_id=tuple(sorted(int(i) for i in eos if i is not None)) if min_new_tokens else (),
         ignore_eos=bool(ignore_eos),
+        adapter_id=adapter_id,
     )
     return ids[len(ids) - input_length :], params
 

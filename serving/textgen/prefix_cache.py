@@ -2,7 +2,8 @@
 prefills only what it adds (the Space's example openings, a TGI/vLLM user's repeated system text).
 
 Prompts are cut into blocks of `block_size` tokens. A block is stored under the whole token prefix it ends (a chain
-key: the block's tokens and its parent block's key), with its keys and values for every layer, as one prompt's
+key: the block's tokens and its parent block's key; the first block's key also names the LoRA adapter the prompt was
+prefilled under, so each adapter's KV is its own), with its keys and values for every layer, as one prompt's
 prefill computed them: at positions 0.., which is where the engine prefills every prompt, whatever padding its row
 gets in the batch afterwards. So both recipes fit (learned positions are in the hidden states, RoPE is applied to the
 cached keys), and so do int8 and bf16 (the KV is stored in the model's dtype). A lookup walks a new prompt's blocks
@@ -55,8 +56,8 @@ class PrefixCache:
     def size_tokens(self) -> int:
         return len(self._blocks) * self.block_size
 
-    def _chain(self, ids: list[int], blocks: int):
-        key = None
+    def _chain(self, ids: list[int], blocks: int, adapter: str | None = None):
+        key = None if adapter is None else ("adapter", adapter)  # the root: the first block's parent is None
         for i in range(blocks):
             key = (key, tuple(ids[i * self.block_size : (i + 1) * self.block_size]))
             yield key
@@ -65,8 +66,9 @@ class PrefixCache:
         for key in reversed(keys):  # the first block last: most recent, so that it outlives its descendants
             self._blocks.move_to_end(key)
 
-    def lookup(self, ids: list[int], config) -> tuple[int, object | None]:
-        """(tokens of `ids` found, a new KV cache holding them) for a prompt; (0, None) on a miss.
+    def lookup(self, ids: list[int], config, adapter: str | None = None) -> tuple[int, object | None]:
+        """(tokens of `ids` found, a new KV cache holding them) for a prompt prefilled under LoRA adapter `adapter`
+        (None: the base); (0, None) on a miss.
 
         The cache returned is the request's own (`kv_cache._new_cache`): a copy, which its prefill then extends.
         """
@@ -74,7 +76,7 @@ class PrefixCache:
             return 0, None
         self.lookups += 1
         found = []
-        for key in self._chain(ids, (len(ids) - 1) // self.block_size):  # leave the last token to prefill
+        for key in self._chain(ids, (len(ids) - 1) // self.block_size, adapter):  # leave the last token to prefill
             block = self._blocks.get(key)
             if block is None:
                 break
@@ -94,21 +96,22 @@ class PrefixCache:
         self.tokens_served += length
         return length, cache
 
-    def insert(self, ids: list[int], cache) -> int:
-        """Store the whole blocks of prompt `ids` whose KV `cache` (the request's own, batch 1, positions 0..) holds;
-        returns how many blocks were new. Called once a prompt's prefill has succeeded."""
+    def insert(self, ids: list[int], cache, adapter: str | None = None) -> int:
+        """Store the whole blocks of prompt `ids` whose KV `cache` (the request's own, batch 1, positions 0..,
+        prefilled under LoRA adapter `adapter`, None for the base) holds; returns how many blocks were new. Called
+        once a prompt's prefill has succeeded."""
         if not self.enabled:
             return 0
         layers = _cache_layers(cache)
         blocks = min(len(ids), layers[0].keys.shape[-2]) // self.block_size
         blocks = min(blocks, self.max_tokens // self.block_size)
-        keys = list(self._chain(ids, blocks))
+        keys = list(self._chain(ids, blocks, adapter))
         new = [(i, key) for i, key in enumerate(keys) if key not in self._blocks]
         # Copy every new block's tensors before touching the index: an error here leaves the index as it was.
         made = []
         for i, key in new:
             span = slice(i * self.block_size, (i + 1) * self.block_size)
-            made.append(_Block(key, key[0], [layer.keys[0, :, span].clone() for layer in layers],
+            made.append(_Block(key, key[0] if i else None, [layer.keys[0, :, span].clone() for layer in layers],
                                [layer.values[0, :, span].clone() for layer in layers]))
         for block in made:
             self._blocks[block.key] = block

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 
-from .params import GenerationParameters, Limits, prepare_request
+from .lora import use_adapter
+from .params import GenerationParameters, Limits, check_adapter, prepare_request
 from .request import _eos_ids, _ids, _Request
 from .streaming import STREAM_TIMEOUT_S, CancelCriteria, request_processors
 
@@ -34,6 +35,7 @@ class Generation(_Request):
     name: str = field(default_factory=lambda: f"gen-{next(_ids)}")
 
     def __post_init__(self):
+        check_adapter(self.params.adapter_id, tuple(getattr(self.model, "lora_adapters", None) or ()))
         self.eos_ids = _eos_ids(self.model)  # (none with `ignore_eos`: _setup clears them)
         self._setup(self.tokenizer, self.input_ids, self.params, self.timeout, self.asynchronous, self.name)
         self.cancel_criteria = CancelCriteria(self.cancelled)
@@ -80,7 +82,8 @@ class Generation(_Request):
 
     def _run(self):
         try:
-            self.model.generate(**self._generate_kwargs())
+            with use_adapter(self.model, self.params.adapter_id):  # its LoRA adapter, in this thread only
+                self.model.generate(**self._generate_kwargs())
         except BaseException as error:  # carried to the consumer, raised there
             self.error = error
             logger.exception("%s: generate() failed", self.name)
