@@ -6,6 +6,7 @@ every bad input a one-line error before any compute, with nothing written."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from helpers.synthetic_pg19 import write_txt_books
 from helpers.training import TINY_CONFIG, launch_2, metrics, run, step_losses
+from training.blocks import split_tokens
 from training.evaluate import main as eval_main
 from training.train import main as train_main
 
@@ -228,7 +230,8 @@ def _bad(tmp_path, txt_books, tiny_export, tiny_tokenizer_dir, pg19_tiny, case):
 
         train_tokenizer_from_source(str(txt_books), vocab_size=300, output_dir=str(other_tokenizer),
                                     max_books=1)
-    data = {"no_txt": empty_dir, "empty_file": books, "binary_file": books}.get(case, txt_books)
+    data = {"no_txt": empty_dir, "empty_file": books, "binary_file": books,
+            "epochs_of_a_stream": "emozilla/pg19"}.get(case, txt_books)
     extra = {
         "hub_id_missing": ["--model_name_or_path", "nobody/no-such-model"],
         "revision_missing": ["--model_name_or_path", "someone/tiny-victorian-gpt", "--revision", "v9.9",
@@ -238,19 +241,20 @@ def _bad(tmp_path, txt_books, tiny_export, tiny_tokenizer_dir, pg19_tiny, case):
         "lora_without_peft": ["--finetuning_type", "lora"],
         "preset_contradiction": ["--model_preset", "small"],
         "override_contradiction": ["--model_overrides", "{n_layer: 4, resid_pdrop: 0.1}"],
+        "epochs_of_a_stream": ["--num_train_epochs", "1"],
     }.get(case, [])
     words = {"no_txt": "no .txt books found", "empty_file": "Empty.txt is empty", "binary_file": "Picture.txt is a binary",
              "hub_id_missing": "nobody/no-such-model", "revision_missing": "'v9.9'",
              "tokenizer_mismatch": "does not match", "lora_target": "['q_proj'] match no linear module",
              "lora_without_peft": "pip install", "preset_contradiction": "model_preset 'small' contradicts",
-             "override_contradiction": "n_layer=4"}[case]
+             "override_contradiction": "n_layer=4", "epochs_of_a_stream": "num_train_epochs needs the size"}[case]
     args = ft_args(tmp_path / "out", tiny_export, data, "--max_steps", "2")
     return args + extra, words
 
 
 @pytest.mark.parametrize("case", ["no_txt", "empty_file", "binary_file", "hub_id_missing", "revision_missing",
                                   "tokenizer_mismatch", "lora_target", "lora_without_peft", "preset_contradiction",
-                                  "override_contradiction"])
+                                  "override_contradiction", "epochs_of_a_stream"])
 def test_bad_input_is_one_line_before_any_compute_and_nothing_is_written(
         case, tmp_path, txt_books, tiny_export, tiny_tokenizer_dir, pg19_tiny, monkeypatch, capsys):
     from huggingface_hub import constants
@@ -352,13 +356,20 @@ def test_a_txt_dataset_without_a_test_folder_skips_the_test_evaluation_and_says_
     books = write_txt_books(tmp_path / "author", length=12_000, layout={"train": 2, "validation": 1})
     out = tmp_path / "run"
     args = ["--model_name_or_path", str(tiny_export), "--dataset", str(books), "--output_dir", str(out),
-            "--finetuning_type", "lora", "--lora_export", "adapter", "--max_steps", "1", "--tokens_per_step", "512",
-            "--micro_batch_size", "4", "--block_size", "64", "--eval_steps", "0", *FAST]
+            "--finetuning_type", "lora", "--lora_export", "adapter", "--num_train_epochs", "0.25",
+            "--tokens_per_step", "512", "--micro_batch_size", "4", "--block_size", "64", "--eval_steps", "0", *FAST]
     assert train_main(args) == 0
-    err = capsys.readouterr().err
+    from transformers import AutoTokenizer
+
+    out_text, err = capsys.readouterr()
+    # a quarter of one pass over train/: the split is measured in tokens, 64 + 1 of them to a packed block
+    tokens = split_tokens(str(books), "train", AutoTokenizer.from_pretrained(tiny_export))
+    steps = math.ceil(0.25 * (tokens // 65) * 64 / 512)
+    assert 1 < steps < 1000 and f"num_train_epochs 0.25: {steps} optimizer steps" in out_text
     assert "has no 'test' split: the test evaluation is skipped" in err
     assert "fine-tuning defaults (lora): " in err and "learning_rate" in err and "tokens_per_step" not in err
     summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["steps"] == steps
     assert "test" not in summary["finetuning"]["after"] and "validation" in summary["finetuning"]["after"]
     with pytest.raises(SystemExit) as exit_info:
         train_main([*args, "--output_dir", str(tmp_path / "other"), "--test_split", "test"])

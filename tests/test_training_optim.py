@@ -52,6 +52,10 @@ def test_cosine_schedule_and_time_budget_schedules():
     assert lr_factor(10, timed, 600.0) == pytest.approx(0.1) == lr_factor(10, timed, 900.0)
     timed_cos = load_config(None, {"max_train_minutes": 1, "warmup_steps": 0, "min_lr_ratio": 0.0})
     assert lr_factor(123, timed_cos, 30.0) == pytest.approx(0.5)
+    # with both ends set, the schedule follows whichever comes first: here the steps (num_train_epochs lowers them)
+    both = load_config(None, {"max_train_minutes": 10, "max_steps": 100, "warmup_steps": 0, "min_lr_ratio": 0.0})
+    assert lr_factor(50, both, 6.0) == pytest.approx(0.5) and lr_factor(5, both, 300.0) == pytest.approx(0.5)
+    assert lr_factor(99, both, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
 
 
 class _Block(nn.Module):

@@ -182,6 +182,12 @@ class BookReader(IterableDataset):
             epoch, state, books_read = epoch + 1, None, 0
 
 
+def split_tokens(source, split, tokenizer, text_options=None) -> int:
+    """Tokens (EOS included) of one whole split, read and tokenized once: the size an epoch is measured by."""
+    reader = BookReader(source, split, tokenizer, endless=False, text_options=text_options)
+    return sum(len(book["ids"]) for book in reader if not book.get("end"))
+
+
 def _as_is(item):
     return item
 

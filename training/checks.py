@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from victorian_gpt import VictorianGPTConfig
 from victorian_gpt.conversion import native_architecture
 from victorian_gpt.sources import TextOptions, is_txt_source, load_text_dataset, txt_splits
+from victorian_gpt.utils.hub import is_local_path
 from victorian_gpt.utils.modeling import context_length
 
 from .checkpoint import find_checkpoint
@@ -57,6 +58,13 @@ def check_inputs(config: TrainingConfig):
             "latest, choose another --output_dir, or pass --overwrite_output_dir"
         )
 
+    if config.num_train_epochs and config.prepared_data is None and not is_local_path(config.dataset):
+        if "num_train_epochs" in config.given_keys:
+            raise ValueError(f"num_train_epochs needs the size of the training split, which a streamed Hub dataset "
+                             f"({config.dataset}) does not have: use max_steps or max_train_minutes, or a local copy")
+        _notice(f"{config.dataset} is streamed: its size is unknown, so the run is not limited to "
+                f"num_train_epochs {config.num_train_epochs:g}")
+        config.num_train_epochs = None
     sources = [(config.dataset, split) for split in (config.train_split, config.validation_split)]
     if config.general_dataset is not None:
         sources.append((config.general_dataset, config.general_split))

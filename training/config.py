@@ -71,6 +71,8 @@ class TrainingConfig:
     max_steps: int = 1000  # optimizer steps (with max_train_minutes: a cap; the time budget normally ends the run)
     max_train_minutes: float | None = None  # train for this much training-step time (evaluation, samples and
     #   checkpoint saves not counted); the schedule then follows elapsed time / budget instead of steps
+    num_train_epochs: float | None = None  # passes over the training split (a local dataset or prepared_data, whose
+    #   size is known): caps max_steps; the run and its schedule end at the first of the three ends
     optimizer: str = "adamw"  # "adamw", or "muon": Muon for the blocks' 2-D matrices, AdamW for the rest
     learning_rate: float = 1e-4  # AdamW's (all parameters, or with optimizer=muon: embeddings, head, norms, biases)
     lr_scheduler_type: str = "cosine"  # "cosine" | "warmup_stable_decay" (transformers' names)
@@ -217,6 +219,8 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
     for name in ("tokens_per_step", "micro_batch_size", "max_steps"):
         if getattr(config, name) <= 0:
             raise ValueError(f"config key {name!r} must be positive, got {getattr(config, name)}")
+    if config.num_train_epochs is not None and config.num_train_epochs <= 0:
+        raise ValueError(f"config key 'num_train_epochs' must be positive or null, got {config.num_train_epochs}")
     if config.max_train_minutes is not None and config.max_train_minutes <= 0:
         raise ValueError(f"config key 'max_train_minutes' must be positive or null, got {config.max_train_minutes}")
     if config.early_stopping_patience is not None and config.early_stopping_patience < 1:

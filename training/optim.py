@@ -44,24 +44,24 @@ def lr_factor(step: int, config: TrainingConfig, train_time_s: float | None = No
     `warmup_stable_decay`: transformers' `get_wsd_schedule` (linear warm-up from `min_lr_ratio`, a stable phase at 1,
     then `decay_type` decay to `min_lr_ratio` over the last `decay_ratio` of the run).
 
-    The end of the run is `max_steps`, or with `max_train_minutes` the time budget: the decay then follows
-    `train_time_s / budget` (the warm-up still counts steps: it is about the number of updates).
+    The end of the run is `max_steps` (which `num_train_epochs` may have lowered) or, with `max_train_minutes`,
+    whichever of the two comes first: the decay then follows the larger of `train_time_s / budget` and the step's
+    fraction of `max_steps` (the warm-up counts steps: it is about the number of updates).
     """
     m = config.min_lr_ratio
     budget_s = config.max_train_minutes * 60.0 if config.max_train_minutes else None
     if config.lr_scheduler_type == "cosine":
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
         if budget_s is not None:
-            progress = (train_time_s or 0.0) / budget_s
-        else:
-            progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+            progress = max(progress, (train_time_s or 0.0) / budget_s)
         return m + (1.0 - m) * _decay_shape(progress, "cosine")
     # warmup_stable_decay
     if step < config.warmup_steps:
         return m + (1.0 - m) * step / config.warmup_steps
     if budget_s is not None:
-        progress = (train_time_s or 0.0) / budget_s
+        progress = max((train_time_s or 0.0) / budget_s, step / config.max_steps)
         if progress < 1.0 - config.decay_ratio:
             return 1.0
         return m + (1.0 - m) * _decay_shape((progress - (1.0 - config.decay_ratio)) / config.decay_ratio,

@@ -4,6 +4,7 @@ model and optimizer, the checkpoint's state, this rank's data stream, the logs."
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ from victorian_gpt import VictorianGPTForCausalLM
 from victorian_gpt.tokenization import train_tokenizer_from_source
 from victorian_gpt.utils.modeling import context_length
 
-from .blocks import PackedBlocks, batches_of, load_data_state
+from .blocks import PackedBlocks, batches_of, load_data_state, split_tokens
 from .checkpoint import CHECKPOINTS, TRAINER_STATE, find_checkpoint
 from .checks import check_inputs
 from .config import TrainingConfig
@@ -31,7 +32,7 @@ from .evaluate import text_measures
 from .finetune import count_parameters, load_start_model
 from .hardware import flops_per_token, peak_flops
 from .optim import build_optimizer
-from .shards import PreparedBlocks
+from .shards import PreparedBlocks, read_prepared_meta
 
 METRICS = "metrics.jsonl"
 
@@ -117,6 +118,7 @@ def setup(config: TrainingConfig, checked=None) -> Session:
                      "nonfinite_in_row": 0, "gradient_accumulation_steps": accumulation,
                      "num_processes": accelerator.num_processes, "best_step": None, "best_metric": None,
                      "best_eval": None, "evals_without_improvement": 0, "before": None})
+    limit_to_epochs(s)
     data_state = resume(s, resume_dir) if resume_dir is not None else None
     s.clock = s.run["train_time_s"]
     s.model_flops = flops_per_token(model_config, block_size)
@@ -129,6 +131,24 @@ def setup(config: TrainingConfig, checked=None) -> Session:
         s.accelerator.print(f"fine-tuning {config.model_name_or_path} ({config.finetuning_type}): {trainable:,} of "
                             f"{total:,} parameters trainable ({100 * trainable / total:.2f}%)")
     return s
+
+
+def limit_to_epochs(s: Session):
+    """`num_train_epochs` as optimizer steps: `max_steps` lowered to that many passes over the training split (the
+    same on every rank and on resuming: the split is measured, not sampled)."""
+    config = s.config
+    if not config.num_train_epochs:
+        return
+    if config.prepared_data:
+        tokens = read_prepared_meta(config.prepared_data)["splits"][config.train_split]["tokens"]
+    else:
+        tokens = split_tokens(config.dataset, config.train_split, s.tokenizer, config.text_options)
+    blocks = tokens // (s.block_size + 1)  # the packed blocks of one pass (its last partial block dropped)
+    steps = max(1, math.ceil(config.num_train_epochs * blocks * s.block_size / s.tokens_per_step))
+    if steps < config.max_steps:
+        config.max_steps = steps
+        s.accelerator.print(f"num_train_epochs {config.num_train_epochs:g}: {steps:,} optimizer steps ({tokens:,} "
+                            f"training tokens, {s.tokens_per_step:,} a step)")
 
 
 def make_accelerator(config: TrainingConfig, block_size: int):
