@@ -15,6 +15,10 @@ and lm-eval's `local-completions` speak it (with vLLM's extras).
   alone, what lm-eval's loglikelihood requests read.
 - Log-probabilities are those of the distribution the token was drawn from (after the penalties and the sampling
   warpers: for greedy decoding, the model's own), as TGI reports them; an impossible token's is -9999.0.
+- With LoRA adapters (`--lora-adapters`), `model` picks one, as in vLLM: an adapter's name selects it, the base's
+  name (`--served-model-name`, or the model argument) or none selects the base, and `/v1/models` lists the base and
+  each adapter (`parent`: the base). An unknown name is then a 404 `model_not_found` naming the models there are;
+  without adapters the server has one model and any name is that model, as in TGI.
 """
 
 from __future__ import annotations
@@ -140,8 +144,10 @@ class ChatCompletionRequest(SamplingOptions):
 # ---- validation: OpenAI's names onto prepare_request
 
 
-def generation_arguments(req: SamplingOptions, max_tokens: int | None, top_n: int | None) -> tuple[dict, bool]:
-    """`prepare_request`'s keyword arguments for `req`, and whether it decodes greedily (temperature 0)."""
+def generation_arguments(req: SamplingOptions, max_tokens: int | None, top_n: int | None,
+                         adapter_id: str | None = None) -> tuple[dict, bool]:
+    """`prepare_request`'s keyword arguments for `req` (`adapter_id`: the LoRA adapter its `model` picked), and
+    whether it decodes greedily (temperature 0)."""
     if req.n < 1:
         raise OpenAIError(f"`n` must be at least 1. Given: {req.n}", param="n")
     if req.logit_bias:
@@ -166,7 +172,22 @@ def generation_arguments(req: SamplingOptions, max_tokens: int | None, top_n: in
         "presence_penalty": req.presence_penalty,
         "min_new_tokens": req.min_tokens,
         "ignore_eos": req.ignore_eos,
+        "adapter_id": adapter_id,
     }, greedy
+
+
+def adapter_of(server, model: str | None) -> str | None:
+    """The LoRA adapter a request's `model` picks (None: the base), as vLLM reads it. Without adapters any name is
+    the one model (as TGI); with them an unknown name is a 404 `model_not_found` naming the models there are."""
+    if not server.adapters:
+        return None
+    if model in server.adapters:
+        return model
+    if not model or model in (server.served_model_name, server.model_id):
+        return None
+    available = ", ".join([server.served_model_name, *server.adapters])
+    raise OpenAIError(f"The model `{model}` does not exist; this server has: {available}", status=404, param="model",
+                      code="model_not_found")
 
 
 def prepare(server, prompt, arguments: dict, greedy: bool, names: dict):
@@ -438,11 +459,13 @@ def top_dict(alternatives: list[tuple[str, float]], text: str, logprob: float) -
     return top
 
 
-def prompt_entries(server, ids: list[int], top_n: int) -> list[tuple[str, float | None, dict | None]]:
-    """The prompt's tokens as logprobs entries: each one's logprob given those before it (the first's null)."""
+def prompt_entries(server, ids: list[int], top_n: int, adapter_id: str | None = None,
+                   ) -> list[tuple[str, float | None, dict | None]]:
+    """The prompt's tokens as logprobs entries: each one's logprob given those before it (the first's null), under
+    the request's adapter."""
     texts = textgen.token_texts(server.tokenizer, ids)
     entries = []
-    for i, (text, (logprob, tops)) in enumerate(zip(texts, server.prompt_logprobs(ids, top_n))):
+    for i, (text, (logprob, tops)) in enumerate(zip(texts, server.prompt_logprobs(ids, top_n, adapter_id))):
         if i == 0:
             entries.append((text, None, None))
             continue
@@ -466,15 +489,16 @@ def chat_logprob(token: textgen.Token, top_n: int) -> dict:
 def openai_router(server) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    def model_name() -> str:
-        return server.served_model_name
+    def entry(name: str, root: str, parent: str | None) -> dict:
+        return {"id": name, "object": "model", "created": server.created, "owned_by": "victorian-gpt", "root": root,
+                "parent": parent, "max_model_len": server.limits.max_total_tokens}
 
     @router.get("/models")
     async def models():
-        return {"object": "list", "data": [{
-            "id": model_name(), "object": "model", "created": server.created, "owned_by": "victorian-gpt",
-            "root": server.model_id, "parent": None, "max_model_len": server.limits.max_total_tokens,
-        }]}
+        """The base, then each LoRA adapter with the base as its `parent` (as vLLM lists them)."""
+        base = server.served_model_name
+        return {"object": "list", "data": [entry(base, server.model_id, None), *(
+            entry(name, server.adapter_sources.get(name, name), base) for name in server.adapters)]}
 
     @router.post("/completions")
     async def completions(request: Request, req: CompletionRequest):
@@ -485,8 +509,11 @@ def openai_router(server) -> APIRouter:
                               param="suffix")
         if req.logprobs is not None and req.logprobs < 0:
             raise OpenAIError(f"`logprobs` must be >= 0. Given: {req.logprobs}", param="logprobs")
+        adapter = adapter_of(server, req.model)
+        answered_as = adapter or server.served_model_name  # the `model` of the answers
+
         prompt_only = req.max_tokens == 0 and req.echo  # lm-eval's loglikelihood: the prompt and its logprobs
-        arguments, greedy = generation_arguments(req, 1 if prompt_only else req.max_tokens, req.logprobs)
+        arguments, greedy = generation_arguments(req, 1 if prompt_only else req.max_tokens, req.logprobs, adapter)
         prompts = prompts_of(req.prompt)
         prepared = [prepare(server, p, arguments, greedy, COMPLETION_NAMES) for p in prompts]
         choices = submit_choices(server, prepared, req.n, compute=not prompt_only)
@@ -494,7 +521,7 @@ def openai_router(server) -> APIRouter:
         top_n = req.logprobs or 0
 
         async def echoed(p: int) -> list:  # the prompt's logprob entries: one forward pass, off the event loop
-            return await server.on_model_thread(prompt_entries, server, prepared[p][0], top_n)
+            return await server.on_model_thread(prompt_entries, server, prepared[p][0], top_n, adapter)
 
         echo_entries: dict[int, list] = {}
         if req.echo and req.logprobs is not None:
@@ -526,11 +553,11 @@ def openai_router(server) -> APIRouter:
                             "text": (echo_text[choice.prompt_index] if req.echo else "") + text,
                             "logprobs": logprobs_of(choice, choice.generation.tokens if choice.generation else []),
                             "finish_reason": choice.finish_reason})
-            return {"id": completion_id, "object": "text_completion", "created": created, "model": model_name(),
+            return {"id": completion_id, "object": "text_completion", "created": created, "model": answered_as,
                     "choices": out, "usage": usage(choices, [ids for ids, _ in prepared])}
 
         def chunk(index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
-            return {"id": completion_id, "object": "text_completion", "created": created, "model": model_name(),
+            return {"id": completion_id, "object": "text_completion", "created": created, "model": answered_as,
                     "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
                     "usage": None}
 
@@ -556,7 +583,7 @@ def openai_router(server) -> APIRouter:
         def usage_chunk():
             if not (req.stream_options and req.stream_options.include_usage):
                 return None
-            return {"id": completion_id, "object": "text_completion", "created": created, "model": model_name(),
+            return {"id": completion_id, "object": "text_completion", "created": created, "model": answered_as,
                     "choices": [], "usage": usage(choices, [ids for ids, _ in prepared])}
 
         return stream_choices(choices, first, chunk_of, usage_chunk)
@@ -571,10 +598,13 @@ def openai_router(server) -> APIRouter:
                               param="response_format")
         if req.top_logprobs is not None and not req.logprobs:
             raise OpenAIError("`top_logprobs` needs `logprobs`: true", param="top_logprobs")
+        adapter = adapter_of(server, req.model)
+        answered_as = adapter or server.served_model_name
+
         prompt = chat_prompt(server, req.messages)
         top_n = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        arguments, greedy = generation_arguments(req, max_tokens, top_n)
+        arguments, greedy = generation_arguments(req, max_tokens, top_n, adapter)
         prepared = [prepare(server, prompt, arguments, greedy, CHAT_NAMES)]
         choices = submit_choices(server, prepared, req.n)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -589,11 +619,11 @@ def openai_router(server) -> APIRouter:
                             "logprobs": {"content": [chat_logprob(t, top) for t in choice.generation.tokens]}
                             if req.logprobs else None,
                             "finish_reason": choice.finish_reason})
-            return {"id": completion_id, "object": "chat.completion", "created": created, "model": model_name(),
+            return {"id": completion_id, "object": "chat.completion", "created": created, "model": answered_as,
                     "choices": out, "usage": usage(choices, [ids for ids, _ in prepared])}
 
         def chunk(index: int, delta: dict, logprobs=None, finish_reason: str | None = None) -> dict:
-            return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name(),
+            return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": answered_as,
                     "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                  "finish_reason": finish_reason}], "usage": None}
 
@@ -611,7 +641,7 @@ def openai_router(server) -> APIRouter:
         def usage_chunk():
             if not (req.stream_options and req.stream_options.include_usage):
                 return None
-            return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name(),
+            return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": answered_as,
                     "choices": [], "usage": usage(choices, [ids for ids, _ in prepared])}
 
         return stream_choices(choices, first, chunk_of, usage_chunk)

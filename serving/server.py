@@ -32,6 +32,11 @@ WebSocket stream, `/generate_ws` (websocket.py), complete it. All of them share 
   trusted (its code is on your disk), a Hub repo with remote code needs `--trust-remote-code` (pin `--revision`).
 - `--api-key KEY` (or `VICTORIAN_GPT_API_KEY`): every route but /health then needs `Authorization: Bearer KEY`
   (auth.py). `GET /metrics` uses TGI's metric names (metrics.py).
+- LoRA adapters (`--lora-adapters dickens=DIR,hardy=USER/REPO@REV`, as TGI's launcher takes them): one base model,
+  and each request picks its adapter: TGI's `adapter_id` parameter on TGI's routes and the WebSocket, the request's
+  `model` on OpenAI's (as vLLM), none for the base. Rows of different adapters decode in one batch. `/info` lists them
+  (`lora_adapters`), `/v1/models` too (each with `parent`: the base); an unknown one is a 422 on TGI's routes, a 404
+  `model_not_found` on OpenAI's, naming those there are.
 """
 
 from __future__ import annotations
@@ -116,10 +121,16 @@ class TGIServer:
 
     def __init__(self, model, tokenizer, *, model_id: str, limits: textgen.Limits, max_concurrent_requests: int = 128,
                  engine: str = "batch", engine_options: dict | None = None, served_model_name: str | None = None,
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, adapter_sources: dict[str, str] | None = None):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.tokenizer, self.model_id, self.limits = model, tokenizer, model_id, limits
+        # the LoRA adapters loaded over the base (load_model(lora_adapters=...)), by name; a request picks one
+        self.adapters: tuple[str, ...] = tuple(getattr(model, "lora_adapters", None) or ())
+        self.adapter_sources = dict(adapter_sources or {})  # name -> folder or Hub id (`root` in /v1/models)
+        if self.adapters and engine != "batch":
+            raise ValueError("--lora-adapters needs the batching engine, which decodes each row with its own "
+                             "adapter: drop --engine threads")
         self.served_model_name = served_model_name or model_id  # the name OpenAI's routes answer with (`model`)
         self.chat_template = chat_template  # Jinja, as transformers' `chat_template`; None: /v1/chat/completions is 400
         eos = model.generation_config.eos_token_id
@@ -161,6 +172,7 @@ class TGIServer:
             "max_client_batch_size": 1,
             "validation_workers": 1,
             **batching,
+            "lora_adapters": list(self.adapters),  # TGI's launcher flag's name; a request's `adapter_id` picks one
             "quantize": getattr(self.model, "quantization", None),
             "router": "victorian-gpt",
             "version": __version__,
@@ -204,8 +216,6 @@ class TGIServer:
             raise textgen.ValidationError("grammar is not supported")
         if p.watermark:
             raise textgen.ValidationError("`watermark` is not supported by this server")
-        if p.adapter_id:
-            raise textgen.ValidationError("`adapter_id` is not supported by this server")
         input_ids, params = textgen.prepare_request(
             self.tokenizer,
             req.inputs,
@@ -221,16 +231,20 @@ class TGIServer:
             stop=p.stop,
             truncate=p.truncate,
             top_n_tokens=p.top_n_tokens,
+            adapter_id=p.adapter_id or None,  # an unknown one is refused here (422), naming the adapters there are
         )
         return self.submit(input_ids, params, asynchronous=asynchronous)
 
     @torch.inference_mode()
-    def prompt_logprobs(self, input_ids: list[int], top_n: int = 0) -> list[tuple[float | None, list]]:
-        """Each prompt token's log-probability under the model given the tokens before it (None for the first), and
-        with `top_n` the `top_n` most likely tokens at its position as (id, logprob), best first: one forward pass.
-        TGI's `decoder_input_details` and OpenAI's `echo` with `logprobs`."""
+    def prompt_logprobs(self, input_ids: list[int], top_n: int = 0,
+                        adapter_id: str | None = None) -> list[tuple[float | None, list]]:
+        """Each prompt token's log-probability under the model (with the LoRA adapter `adapter_id`, None: the base)
+        given the tokens before it (None for the first), and with `top_n` the `top_n` most likely tokens at its
+        position as (id, logprob), best first: one forward pass. TGI's `decoder_input_details` and OpenAI's `echo`
+        with `logprobs`."""
         ids = torch.tensor([input_ids], device=self.model.device)
-        logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1]
+        with textgen.use_adapter(self.model, adapter_id):
+            logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1]
         out: list[tuple[float | None, list]] = [(None, [])]
         for start in range(0, logits.shape[0], 256):  # float32 log-softmax a slice at a time (vocabularies are large)
             logprobs = torch.log_softmax(logits[start : start + 256].float(), dim=-1)
@@ -250,9 +264,9 @@ class TGIServer:
             return await asyncio.wrap_future(self.engine.call(functools.partial(function, *args)))
         return await asyncio.to_thread(function, *args)
 
-    def prefill(self, input_ids: list[int]) -> list[dict]:
+    def prefill(self, input_ids: list[int], adapter_id: str | None = None) -> list[dict]:
         """TGI's `decoder_input_details`: the prompt tokens with the log-probability the model gives each."""
-        logprobs = [lp for lp, _ in self.prompt_logprobs(input_ids)]
+        logprobs = [lp for lp, _ in self.prompt_logprobs(input_ids, 0, adapter_id)]
         texts = [self.tokenizer.decode([i]) for i in input_ids]
         return [{"id": i, "text": t, "logprob": lp} for i, t, lp in zip(input_ids, texts, logprobs)]
 
@@ -283,7 +297,8 @@ class TGIServer:
         try:
             consume = asyncio.ensure_future(_drain(generation))
             # the prompt's own log-probabilities: one forward pass, off the event loop
-            prefill = asyncio.ensure_future(self.on_model_thread(self.prefill, generation.input_ids)
+            prefill = asyncio.ensure_future(self.on_model_thread(self.prefill, generation.input_ids,
+                                                                 generation.params.adapter_id)
                                             if req.parameters.decoder_input_details else asyncio.sleep(0, []))
             while not consume.done():
                 await asyncio.wait({consume}, timeout=0.25)
@@ -341,13 +356,15 @@ def _sse(payload: dict) -> str:
 def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None = None,
                max_concurrent_requests: int = 128, engine: str = "batch", engine_options: dict | None = None,
                api_key: str | None = None, chat_template: str | None = None,
-               served_model_name: str | None = None) -> FastAPI:
+               served_model_name: str | None = None, adapter_sources: dict[str, str] | None = None) -> FastAPI:
     """The FastAPI application serving `model` with TGI's routes, OpenAI's, the tokenizer's and the WebSocket stream
     (see `TGIServer` for `engine` and its options). `api_key`: every route but /health needs it (auth.py);
-    `chat_template`: the Jinja text /v1/chat/completions renders messages with (none: that route is a 400)."""
+    `chat_template`: the Jinja text /v1/chat/completions renders messages with (none: that route is a 400);
+    `adapter_sources`: where each of the model's LoRA adapters came from (`--lora-adapters`), for /v1/models."""
     server = TGIServer(model, tokenizer, model_id=model_id, limits=limits or textgen.Limits.for_model(model, tokenizer),
                        max_concurrent_requests=max_concurrent_requests, engine=engine, engine_options=engine_options,
-                       served_model_name=served_model_name, chat_template=chat_template)
+                       served_model_name=served_model_name, chat_template=chat_template,
+                       adapter_sources=adapter_sources)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -373,7 +390,7 @@ def create_app(model, tokenizer, *, model_id: str, limits: textgen.Limits | None
 
     @app.exception_handler(OpenAIError)
     async def _openai_invalid(request: Request, exc: OpenAIError):
-        if exc.status == 400:
+        if exc.status in (400, 404):  # a bad value, an unknown model
             server.metrics_registry.failure("validation")
         return openai_error(exc.status, exc.message, param=exc.param, code=exc.code)
 
@@ -486,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def adapters_of(args: argparse.Namespace) -> dict[str, str]:
+    """`--lora-adapters` as {name: folder or Hub id}; ValueError (one line) for a malformed list."""
+    value = getattr(args, "lora_adapters", None)
+    if not value:
+        return {}
+    return dict(value) if isinstance(value, dict) else textgen.parse_lora_adapters(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -495,10 +520,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"victorian-gpt serve: --chat-template: {error}", file=sys.stderr)
         return 2
     api_key = resolve_api_key(args.api_key)
+    try:  # the adapters' names and sources, checked before anything loads
+        adapter_sources = adapters_of(args)
+    except ValueError as error:
+        print(f"victorian-gpt serve: --lora-adapters: {error}", file=sys.stderr)
+        return 2
     try:
         model, tokenizer = textgen.load_model_from_args(args)
     except (OSError, ValueError) as error:
-        print(f"victorian-gpt serve: cannot load {args.model!r}: {error}", file=sys.stderr)
+        # an adapter that does not load (or fits another model) names itself; anything else is the model's
+        what = "--lora-adapters: " if str(error).startswith("LoRA adapter") else f"cannot load {args.model!r}: "
+        print(f"victorian-gpt serve: {what}{error}", file=sys.stderr)
         return 2
     try:
         context_shift = textgen.context_shift_from_args(args, model).check(textgen.context_length(model, tokenizer))
@@ -514,11 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = create_app(model, tokenizer, model_id=args.model, limits=limits, engine=args.engine,
                          max_concurrent_requests=args.max_concurrent_requests, engine_options=engine_options,
-                         api_key=api_key, chat_template=chat_template, served_model_name=args.served_model_name)
+                         api_key=api_key, chat_template=chat_template, served_model_name=args.served_model_name,
+                         adapter_sources=adapter_sources)
     except ValueError as error:
         print(f"victorian-gpt serve: {error}", file=sys.stderr)
         return 2
-    logger.info("serving %s on http://%s:%d (%s)%s", args.model, args.host, args.port, limits,
+    logger.info("serving %s on http://%s:%d (%s)%s%s", args.model, args.host, args.port, limits,
+                f"; LoRA adapters: {', '.join(adapter_sources)}" if adapter_sources else "",
                 "; API key required" if api_key else "")
     warn_if_exposed(args.host, api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

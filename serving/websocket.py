@@ -4,10 +4,10 @@ Each text frame the client sends is one request, with `/generate_stream`'s JSON 
 the server answers with the same token objects as text frames (`{"index", "token", "top_tokens",
 "generated_text": null, "details": null}`), the last one carrying `generated_text` (and `details` when asked). Then
 the socket is ready for the next request: several requests go in sequence on one connection (a frame sent while a
-request streams waits its turn).
+request streams waits its turn). `parameters.adapter_id` picks a LoRA adapter, as on `/generate_stream`.
 
-- Bad input (not JSON, a wrong field, a value TGI's rules refuse): an error frame `{"error", "error_type":
-  "validation"}`, then close code 1008 (policy violation).
+- Bad input (not JSON, a wrong field, a value TGI's rules refuse, an unknown `adapter_id`): an error frame
+  `{"error", "error_type": "validation"}`, then close code 1008 (policy violation).
 - Too many requests in flight: `{"error", "error_type": "overloaded"}`, then 1013 (try again later).
 - A failure while generating: `{"error", "error_type": "generation"}`, then 1011 (internal error).
 - A client that closes the socket cancels its request at the next step.
