@@ -14,7 +14,12 @@ remote code run it; a local folder's code is trusted and a native model needs no
 default: a seed gives the same text whatever else is being generated; `0` gives that up for speed in large batches),
 PREFIX_CACHE_TOKENS (the KV of
 recently seen openings, such as the examples, is kept for this many tokens, default 4096; 0 = off),
+LORA_ADAPTERS (styles: LoRA adapters of the model, `dickens=USER/dickens-lora,hardy=USER/hardy-lora@REVISION` or
+local folders, offered in the Style menu beside "none", the model itself; all decode together in one batch),
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+
+Style: each generation uses the style chosen (an adapter's name, or "none"); the history records it. In TGI_URL mode
+the styles are the endpoint's own adapters (its /info `lora_adapters`), passed as TGI's `adapter_id`.
 
 Reflow (a checkbox, on by default): Project Gutenberg's text, and so the model's, is hard-wrapped at about 70
 characters; the Continuation box joins the single line breaks inside a paragraph, keeps paragraph breaks (a blank
@@ -61,6 +66,9 @@ PREFIX_CACHE_TOKENS = int(os.environ.get("PREFIX_CACHE_TOKENS", "4096"))  # KV o
 BATCH_INVARIANT = os.environ.get("BATCH_INVARIANT", "1").lower() not in ("0", "false", "no")
 # how long one pass may write; past the model's context the context shifts (textgen.ContextShift), so a chapter fits
 MAX_NEW_TOKENS = int(os.environ.get("MAX_NEW_TOKENS", "4096"))
+# styles: LoRA adapters of the model, name=folder-or-Hub-id[@revision], comma-separated (textgen.parse_lora_adapters)
+LORA_ADAPTERS = os.environ.get("LORA_ADAPTERS", "")
+NO_STYLE = "none"  # the Style menu's name for the model itself, without an adapter
 
 EXAMPLES = [
     "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals,",
@@ -79,18 +87,42 @@ DESCRIPTION = (
     "of this visit are listed under **History**, with the seed each one used, ready to download."
 )
 
+STYLE_DESCRIPTION = (
+    " **Style** writes in an author's manner: a LoRA adapter, fine-tuned on that author's books, over the same model "
+    "(none: the model itself)."
+)
+
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit integers, as in Text Generation Inference
 _fresh_seeds = random.SystemRandom()  # OS entropy: no other code's random.seed() can make two presses repeat
 
 
+def parse_styles(value: str | dict | None) -> dict[str, str]:
+    """LORA_ADAPTERS as {style name: adapter folder or Hub id}; ValueError (one line) for a malformed list or a style
+    named like the model itself ("none")."""
+    if isinstance(value, dict):
+        adapters = dict(value)
+    elif not value or not value.strip():
+        return {}
+    else:
+        adapters = textgen.parse_lora_adapters(value)
+    if NO_STYLE in adapters:
+        raise ValueError(f"LORA_ADAPTERS: {NO_STYLE!r} is the Style menu's name for the model without an adapter; "
+                         "give that adapter another name")
+    return adapters
+
+
 class LocalBackend:
-    """The model loaded in this process."""
+    """The model loaded in this process, with its LoRA adapters (`lora_adapters`: LORA_ADAPTERS' value)."""
 
     def __init__(self, model_id: str, quantize: str | None = QUANTIZE, dtype: str = DTYPE,
-                 trust_remote_code: bool = TRUST_REMOTE_CODE, batch_invariant: bool = BATCH_INVARIANT):
+                 trust_remote_code: bool = TRUST_REMOTE_CODE, batch_invariant: bool = BATCH_INVARIANT,
+                 lora_adapters: str | dict | None = LORA_ADAPTERS):
+        adapters = parse_styles(lora_adapters)  # before anything loads: a bad list is one line, not a traceback
         self.model, self.tokenizer = textgen.load_model(model_id, quantize=quantize, dtype=dtype,
                                                         trust_remote_code=trust_remote_code,
-                                                        batch_invariant=batch_invariant)
+                                                        batch_invariant=batch_invariant,
+                                                        **({"lora_adapters": adapters} if adapters else {}))
+        self.styles = (NO_STYLE, *getattr(self.model, "lora_adapters", ()))
         self.precision = self.model.serving_dtype  # e.g. "bfloat16 (auto: the CPU computes bf16 (amx_bf16))"
         window = textgen.context_length(self.model, self.tokenizer)
         self.limits = textgen.Limits.for_model(self.model, self.tokenizer, max_total_tokens=window + MAX_NEW_TOKENS)
@@ -102,16 +134,18 @@ class LocalBackend:
                                      max_batch_size=CONCURRENCY_LIMIT, max_concurrent_requests=CONCURRENCY_LIMIT,
                                      prefix_cache_tokens=PREFIX_CACHE_TOKENS)
 
-    def stream(self, prompt: str, controls: dict) -> Iterator[str]:
-        """The growing continuation; closing this generator cancels the generation. A text longer than the model
-        reads at once is continued from its end, with a notice."""
+    def stream(self, prompt: str, controls: dict, adapter: str | None = None) -> Iterator[str]:
+        """The growing continuation (with the LoRA adapter `adapter`; None: the model itself); closing this
+        generator cancels the generation. A text longer than the model reads at once is continued from its end, with
+        a notice."""
         length = len(self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
         parameters = textgen.control_parameters(**controls)
         if length > self.limits.max_input_tokens:
             parameters["truncate"] = self.limits.max_input_tokens
             gr.Info(f"The text is {length} tokens; the model reads its last {self.limits.max_input_tokens} and goes "
                     "on from there.")
-        input_ids, params = textgen.prepare_request(self.tokenizer, prompt, self.limits, **parameters)
+        input_ids, params = textgen.prepare_request(self.tokenizer, prompt, self.limits, adapter_id=adapter,
+                                                    **parameters)
         text = ""
         with self.engine.submit(input_ids, params) as generation:
             for token in generation:
@@ -138,18 +172,20 @@ class TGIBackend:
             self.max_new_tokens = int(info["max_total_tokens"]) - 1
             self.max_input_tokens = int(info["max_input_tokens"])
             self.precision = info.get("dtype") or info.get("model_dtype")  # ours says why; TGI's the dtype alone
+            adapters = info.get("lora_adapters") or []  # the endpoint's LoRA adapters, picked by `adapter_id`
         except Exception as error:  # the endpoint may still be starting: keep a sensible slider
             logger.warning("could not read %s/info (%s)", url, error)
-            self.max_new_tokens, self.max_input_tokens, self.precision = 1024, None, None
+            self.max_new_tokens, self.max_input_tokens, self.precision, adapters = 1024, None, None, []
+        self.styles = (NO_STYLE, *(name for name in adapters if name != NO_STYLE))
         self.source = url
 
-    def stream(self, prompt: str, controls: dict) -> Iterator[str]:
+    def stream(self, prompt: str, controls: dict, adapter: str | None = None) -> Iterator[str]:
         client = self.client_class(self.url)
         text = ""
         try:
             outputs = client.text_generation(  # a longer text is read from its end (TGI's `truncate`)
                 prompt, stream=True, details=True, return_full_text=False, truncate=self.max_input_tokens,
-                **textgen.control_parameters(**controls)
+                adapter_id=adapter, **textgen.control_parameters(**controls)
             )
             for output in outputs:
                 if not output.token.special and output.token.text:
@@ -180,13 +216,24 @@ def parse_seed(seed) -> int | None:
     return value
 
 
+def parse_style(style, styles: tuple[str, ...]) -> str:
+    """The Style menu's value (or the API's): empty or None is "none", the model without an adapter."""
+    style = (style or "").strip() or NO_STYLE
+    if style not in styles:
+        raise gr.Error(f"Unknown style {style!r}; this Space has: {', '.join(styles)}.")
+    return style
+
+
 def make_generate(backend):
-    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None, written=""):
-        """Continue `prompt` (and `written`, the text a previous pass wrote after it: Continue), yielding (the text
-        so far after the prompt, this generation's record for the history)."""
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None, style=None, *,
+                 written=""):
+        """Continue `prompt` (and `written`, the text a previous pass wrote after it: Continue) in `style` (a LoRA
+        adapter's name, or "none"), yielding (the text so far after the prompt, this generation's record for the
+        history)."""
         if not prompt or not prompt.strip():
             raise gr.Error("Write an opening first (or pick an example).")
         written = written or ""
+        style = parse_style(style, backend.styles)
         do_sample = backend.defaults["do_sample"]
         seed = parse_seed(seed)
         if do_sample and seed is None:
@@ -203,7 +250,7 @@ def make_generate(backend):
             )
         except (TypeError, ValueError) as error:
             raise gr.Error(f"Every setting needs a number: {error}") from error
-        record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=backend.source,
+        record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=backend.source, style=style,
                       prompt=prompt + written, **controls, generated_text="", stopped=True)
         # Each update carries this generation's record; the event that follows the end or a Stop adds the last one
         # to the history. The first update clears the box and replaces the record a failed generation may have left;
@@ -211,7 +258,7 @@ def make_generate(backend):
         yield written, record
         text = None
         try:
-            for text_so_far in backend.stream(prompt + written, controls):
+            for text_so_far in backend.stream(prompt + written, controls, None if style == NO_STYLE else style):
                 if text is not None:
                     yield written + text, dict(record, generated_text=text)
                 text = text_so_far
@@ -230,12 +277,15 @@ def make_generate(backend):
 def make_continue(backend):
     generate = make_generate(backend)
 
-    def continue_text(prompt, written, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None):
-        """Continue what is shown (the opening and what the passes so far wrote) with the same settings: a chapter
-        is written in passes. Yields the whole text after the opening, and this pass's record."""
+    def continue_text(prompt, written, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed=None,
+                      style=None):
+        """Continue what is shown (the opening and what the passes so far wrote) with the same settings (a style
+        may change between passes): a chapter is written in passes. Yields the whole text after the opening, and this
+        pass's record."""
         if not (written or "").strip():
             raise gr.Error("Generate first: Continue goes on from the text written so far.")
-        yield from generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, written)
+        yield from generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, style,
+                            written=written)
 
     return continue_text
 
@@ -275,6 +325,9 @@ def settings_line(entry: dict) -> str:
         sampling = " · ".join([f"seed {entry['seed']}", f"temperature {entry['temperature']:g}",
                                f"top-k {entry['top_k']}", f"top-p {entry['top_p']:g}"])
     line = f"{sampling} · repetition penalty {entry['repetition_penalty']:g} · max new tokens {entry['max_new_tokens']}"
+    style = entry.get("style") or NO_STYLE
+    if style != NO_STYLE:
+        line = f"style {style} · {line}"
     return line + (" · stopped" if entry["stopped"] else "")
 
 
@@ -285,7 +338,8 @@ def history_html(history: list[dict]) -> str:
     items = []
     for number, entry in reversed(list(enumerate(history, 1))):
         items.append(
-            f"<div class='vg-entry' data-seed='{entry['seed'] if entry['seed'] is not None else ''}'>"
+            f"<div class='vg-entry' data-seed='{entry['seed'] if entry['seed'] is not None else ''}' "
+            f"data-style='{html.escape(entry.get('style') or NO_STYLE, quote=True)}'>"
             f"<div class='vg-meta'><b>#{number}</b> · {html.escape(settings_line(entry))}</div>"
             f"<div class='vg-text' style='white-space: pre-wrap'><b>{html.escape(entry['prompt'])}</b>"
             f"{html.escape(entry['generated_text'])}</div></div>"
@@ -322,17 +376,19 @@ def downloads_html(history: list[dict]) -> str:
         for elem, name, text, mime, label in links) + "</div>"
 
 
-def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Blocks:
+def build_demo(model_id: str | None = None, tgi_url: str | None = None,
+               lora_adapters: str | dict | None = LORA_ADAPTERS) -> gr.Blocks:
     if tgi_url:
         backend = TGIBackend(tgi_url, model_id)
     elif model_id:
-        backend = LocalBackend(model_id)
+        backend = LocalBackend(model_id, lora_adapters=lora_adapters)
     else:
         raise SystemExit("Set MODEL_ID (a Hub repo id or a local export folder) or TGI_URL.")
     d = backend.defaults
 
     with gr.Blocks(title="VictorianGPT") as demo:
-        gr.Markdown("# VictorianGPT\n" + DESCRIPTION)
+        styled = len(backend.styles) > 1
+        gr.Markdown("# VictorianGPT\n" + DESCRIPTION + (STYLE_DESCRIPTION if styled else ""))
         with gr.Row():
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Opening", lines=4, placeholder=EXAMPLES[0], elem_id="prompt")
@@ -359,6 +415,10 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
                 # a Textbox, not a Number: gr.Number shows and sends 0 when empty, which would fix every seed
                 seed = gr.Textbox(value="", label="Seed", placeholder="random", max_lines=1, elem_id="seed",
                                   info="empty = a new random seed each time; a number gives the same text every time")
+                # the model's LoRA adapters (LORA_ADAPTERS); hidden, and "none" only, when it was given none
+                style = gr.Dropdown(list(backend.styles), value=NO_STYLE, label="Style", elem_id="style",
+                                    info="an author's manner (a LoRA adapter of the model); none = the model itself",
+                                    visible=True if styled else "hidden")
                 precision = f" · precision: {backend.precision}" if backend.precision else ""
                 gr.Markdown(f"<small>Model: `{backend.source}`{html.escape(precision)}</small>", elem_id="model-info")
         gr.Examples(EXAMPLES, inputs=prompt)
@@ -370,7 +430,7 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
         history = gr.State([])  # this visit's records; Gradio deletes it some time after the page is closed
         run = gr.State(None)  # the record of the generation in progress
 
-        inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed]
+        inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, style]
         event = generate_button.click(make_generate(backend), inputs, [raw_output, run], api_name="generate",
                                       concurrency_limit=CONCURRENCY_LIMIT)
         continued = continue_button.click(make_continue(backend), [prompt, raw_output, *inputs[1:]], [raw_output, run],
@@ -391,6 +451,16 @@ def build_demo(model_id: str | None = None, tgi_url: str | None = None) -> gr.Bl
     return demo
 
 
-if __name__ == "__main__":
+def main():
+    """The Space: its settings from the environment; a model, adapter or setting it cannot start with is one line
+    (SystemExit), before it serves."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build_demo(os.environ.get("MODEL_ID"), os.environ.get("TGI_URL")).launch()
+    try:
+        demo = build_demo(os.environ.get("MODEL_ID"), os.environ.get("TGI_URL"), os.environ.get("LORA_ADAPTERS", ""))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"app.py: cannot start: {error}") from None
+    demo.launch()
+
+
+if __name__ == "__main__":
+    main()
