@@ -6,24 +6,33 @@ nothing; the upload itself is one commit, so a repo never shows half an export.
 
     victorian-gpt push EXPORT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--commit-message ...] [--token ...]
     victorian-gpt push NATIVE_DIR --repo-id USER/NAME-hf [--source-repo USER/NAME]    # a `convert --to transformers` folder
+    victorian-gpt push ADAPTER_DIR --repo-id USER/NAME-dickens --base-model USER/NAME   # a LoRA adapter (a style)
     victorian-gpt push-space --repo-id USER/NAME-demo --model-id USER/NAME [--dataset ID] [--space-dir DIR]
+        [--lora-adapters dickens=USER/NAME-dickens,hardy=USER/NAME-hardy@REVISION]   # the Space's Style menu
+
+A style set is published as one repo per LoRA adapter (`push`, each with its card: `base_model`,
+`base_model_relation: adapter`, `library_name: peft`, its before/after bits per byte), then the Space over the base
+with `--lora-adapters` naming those repos (the Space variable LORA_ADAPTERS); each must be an adapter of --model-id.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, SpaceCard, SpaceCardData, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from victorian_gpt.sources import DEFAULT_DATASET
+from victorian_gpt.utils.hub import ADAPTER_CONFIG, is_hub_id
 
-from .card import ExportError, build_card, check_card, missing_files
+from .card import ExportError, build_card, check_card, is_adapter, missing_files, read_summary
 from .native_card import build_native_card, is_native_folder, missing_native_files
 
 try:  # the HTTP client under huggingface_hub: httpx2 from hub 2.x, httpx before
@@ -34,6 +43,8 @@ except ImportError:
 # Pickled weights can run arbitrary code when loaded; the Hub flags them and we never publish them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CARD_FILE = "README.md"
+STYLE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a style's name: a valid model id, as the engine takes adapters' names
+NO_STYLE = "none"  # the Space's Style menu's name for the model without an adapter
 
 
 class PublishError(Exception):
@@ -109,6 +120,10 @@ def plan_model_upload(export_dir: Path, repo_id: str, source_repo: str | None = 
             f"{export_dir} --repo-id {repo_id} --base-model {base_model}`, or remove it")
         raise PublishError(f"--base-model is for a card built at push time; {where}")
     operations = [CommitOperationAdd(path_in_repo=f.as_posix(), path_or_fileobj=str(export_dir / f)) for f in files]
+    if is_adapter(export_dir):
+        hub_base = _adapter_base(export_dir, base_model)
+        operations = [_with_hub_base(op, export_dir, hub_base) if op.path_in_repo == ADAPTER_CONFIG else op
+                      for op in operations]
     if not (export_dir / CARD_FILE).is_file():
         try:
             if native:
@@ -134,6 +149,41 @@ def plan_model_upload(export_dir: Path, repo_id: str, source_repo: str | None = 
     return operations
 
 
+def _adapter_base(export_dir: Path, base_model: str | None) -> str:
+    """The Hub id of a LoRA adapter's base: `--base-model`, else its card's `base_model` (a README.md in the folder),
+    else the base training read when that was a Hub id. An adapter is only usable over its base, so the Hub (its model
+    tree) and every loader need that id: PublishError without one."""
+    if base_model:
+        return base_model
+    if (export_dir / CARD_FILE).is_file():
+        base = ModelCard.load(export_dir / CARD_FILE).data.get("base_model")
+        where = f"its card ({export_dir / CARD_FILE}) names no base_model"
+    else:
+        try:
+            finetuning = read_summary(export_dir).finetuning
+        except ExportError as error:
+            raise PublishError(f"cannot build the model card: {error}") from None
+        base = finetuning.base_model if finetuning is not None else None
+        where = f"training read its base from a local folder ({base})" if base else "its summary names no base"
+    if isinstance(base, list):
+        base = base[0] if base else None
+    if not (base and is_hub_id(base) and base.count("/") == 1):
+        raise PublishError(f"{export_dir} is a LoRA adapter and {where}: pass --base-model USER/NAME, the base's Hub "
+                           "repo, which its card and adapter_config.json then name")
+    return base
+
+
+def _with_hub_base(operation: CommitOperationAdd, export_dir: Path, hub_base: str) -> CommitOperationAdd:
+    """adapter_config.json as uploaded: `base_model_name_or_path` names the base on the Hub (training wrote the
+    folder it read), so peft's and transformers' adapter loading find the base from the Hub repo alone."""
+    config = json.loads((export_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if config.get("base_model_name_or_path") == hub_base:
+        return operation
+    config["base_model_name_or_path"] = hub_base
+    return CommitOperationAdd(path_in_repo=ADAPTER_CONFIG,
+                              path_or_fileobj=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+
 def push_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="victorian-gpt push",
@@ -154,7 +204,7 @@ def push_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--base-model", help="a fine-tune's base as a Hub id USER/NAME (when training read it from a local folder), "
-        "for the card's base_model: the Hub's model tree"
+        "for the card's base_model: the Hub's model tree (a LoRA adapter's adapter_config.json names it too)"
     )
     args = parser.parse_args(argv)
 
@@ -273,6 +323,10 @@ def push_space_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--space-dir", help="folder to upload as it is (default: the project's Space: spaces_app/ with "
                         "copies of the engine serving/textgen/ and of victorian_gpt/utils/)")
+    parser.add_argument(
+        "--lora-adapters", metavar="NAME=USER/REPO[@REVISION],...",
+        help="styles for the Space's Style menu: LoRA adapters of --model-id already on the Hub (victorian-gpt push), "
+        "each under a name; set as the Space variable LORA_ADAPTERS and named in the Space's metadata")
     parser.add_argument("--private", action="store_true", help="create the Space private")
     parser.add_argument("--commit-message", default="Upload VictorianGPT demo", help="message of the commit")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` token)")
@@ -281,6 +335,7 @@ def push_space_main(argv: list[str] | None = None) -> int:
     try:
         _check_repo_id(args.repo_id)
         _check_repo_id(args.model_id)
+        styles = parse_styles(args.lora_adapters) if args.lora_adapters else {}
         token = _resolve_token(args.token)
         files, card = plan_space_upload(Path(args.space_dir) if args.space_dir else None)
     except PublishError as error:
@@ -290,15 +345,20 @@ def push_space_main(argv: list[str] | None = None) -> int:
     api = _hub()
 
     def upload():
-        card.data.models = [args.model_id]
         card.data.datasets = [args.dataset or _model_dataset(api, args.model_id, token)]
+        for name, (repo, revision) in styles.items():  # each an adapter of the model, on the Hub, before any write
+            _check_style(api, name, repo, revision, args.model_id, token)
+        card.data.models = [args.model_id, *dict.fromkeys(repo for repo, _ in styles.values())]
         operations = [CommitOperationAdd(name, str(path)) for name, path in files]
         operations.append(CommitOperationAdd(CARD_FILE, str(card).encode()))
         repo_url = api.create_repo(
             args.repo_id, token=token, repo_type="space", space_sdk="gradio", private=args.private or None, exist_ok=True
         )
-        # The app reads the model to serve from MODEL_ID; a Space variable survives later pushes of the app.
+        # The app reads the model to serve from MODEL_ID (and its styles from LORA_ADAPTERS); a Space variable
+        # survives later pushes of the app.
         api.add_space_variable(args.repo_id, "MODEL_ID", args.model_id, token=token)
+        if styles:
+            api.add_space_variable(args.repo_id, "LORA_ADAPTERS", styles_value(styles), token=token)
         print(f"uploading {len(operations)} files to {repo_url} ...")
         return api.create_commit(
             args.repo_id, operations=operations, commit_message=args.commit_message, repo_type="space", token=token
@@ -309,6 +369,52 @@ def push_space_main(argv: list[str] | None = None) -> int:
         return status
     print(commit.commit_url)
     return 0
+
+
+def parse_styles(value: str) -> dict[str, tuple[str, str | None]]:
+    """`--lora-adapters` of push-space: {name: (Hub repo, revision or None)}, in order. The Space reads the same
+    syntax from LORA_ADAPTERS (`textgen.parse_lora_adapters`, which also takes local folders; a Space has only the
+    Hub). PublishError (one line) for anything else."""
+    styles: dict[str, tuple[str, str | None]] = {}
+    for item in value.split(","):
+        name, equals, source = (part.strip() for part in item.partition("="))
+        if not equals or not name or not source:
+            raise PublishError(f"--lora-adapters: expected NAME=USER/REPO[@REVISION], got {item.strip()!r}")
+        if not STYLE_NAME.fullmatch(name) or name == NO_STYLE:
+            raise PublishError(f"--lora-adapters: bad style name {name!r} (letters, digits, '.', '_', '-'; "
+                               f"{NO_STYLE!r} is the model without an adapter)")
+        if name in styles:
+            raise PublishError(f"--lora-adapters: style {name!r} is given twice")
+        repo, _, revision = source.partition("@")
+        _check_repo_id(repo, f"--lora-adapters {name}=")
+        styles[name] = (repo, revision or None)
+    return styles
+
+
+def styles_value(styles: dict[str, tuple[str, str | None]]) -> str:
+    """The LORA_ADAPTERS value the Space reads: `name=USER/REPO[@REVISION]`, comma-separated."""
+    return ",".join(f"{name}={repo}" + (f"@{revision}" if revision else "") for name, (repo, revision) in styles.items())
+
+
+def _check_style(api: HfApi, name: str, repo: str, revision: str | None, model_id: str, token: str) -> None:
+    """A style of the Space must be a LoRA adapter on the Hub whose card names `model_id` as its base: a Space
+    with a missing adapter, or one of another model, would only fail once it boots."""
+    where = f"{repo}@{revision}" if revision else repo
+    try:
+        info = api.model_info(repo, revision=revision, token=token)
+    except RevisionNotFoundError:
+        raise PublishError(f"style {name}: {repo} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise PublishError(f"style {name}: {repo} not found on the Hub: publish the adapter first (victorian-gpt "
+                           f"push ADAPTER_DIR --repo-id {repo} --base-model {model_id})") from None
+    if ADAPTER_CONFIG not in {s.rfilename for s in info.siblings or []}:
+        raise PublishError(f"style {name}: {where} is not a LoRA adapter (it has no {ADAPTER_CONFIG})")
+    base = (info.card_data or {}).get("base_model")
+    bases = base if isinstance(base, list) else [base] if base else []
+    if model_id not in bases:
+        named = f"names {', '.join(bases)} as its base" if bases else "names no base_model in its card"
+        raise PublishError(f"style {name}: {where} {named}, not --model-id {model_id}: a style must be an adapter "
+                           "of the model the Space serves")
 
 
 def _model_dataset(api: HfApi, model_id: str, token: str) -> str:
