@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from training.blocks import PackedBlocks, load_data_state, pack_blocks, save_data_state, shuffle_blocks, token_stream
+from training.blocks import PackedBlocks, ReplayBlocks, load_data_state, pack_blocks, save_data_state, shuffle_blocks, token_stream
 from training.measures import token_byte_lengths
 from training.shards import PreparedBlocks, prepare
 from victorian_gpt.sources import load_text_dataset
@@ -111,6 +111,33 @@ def test_state_dict_resumes_the_endless_stream_exactly_without_rereading(tmp_pat
     assert contents(islice(skipping, 20)) == reference[11:31]
     with pytest.raises(ValueError, match="other settings: seed=.* \\(now 99\\)"):
         PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, **{**kwargs, "seed": 99}).load_state_dict(state)
+
+
+def test_replayed_blocks_mix_in_at_their_share_and_the_mix_resumes_exactly(tmp_path, pg19_tiny, tokenizer):
+    """replay_dataset: a seeded share of the blocks comes from the other stream, counted as no book of the fine-tuning
+    data; a checkpoint holds both streams and the choosing generator, so the mix resumes block for block."""
+    def make(ratio=0.3):
+        primary = PackedBlocks(str(pg19_tiny), "validation", tokenizer, BLOCK, shuffle_buffer=8, seed=1)
+        replay = PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=8, seed=2)
+        return ReplayBlocks(primary, replay, ratio, seed=5)
+
+    reference = list(islice(make(), 200))
+    replayed = [item["book"] == -1 for item in reference]
+    assert 0.2 < np.mean(replayed) < 0.4
+    train_blocks = set(contents(islice(PackedBlocks(str(pg19_tiny), "train", tokenizer, BLOCK, shuffle_buffer=8,
+                                                    seed=2), 200)))
+    assert all(block in train_blocks for block, r in zip(contents(reference), replayed) if r)
+    for cut in (0, 13, 120):
+        data = make()
+        head = list(islice(data, cut))
+        save_data_state(tmp_path, 0, data.state_dict())
+        resumed = make()
+        resumed.load_state_dict(load_data_state(tmp_path, 0))
+        tail = list(islice(resumed, 200 - cut))
+        assert contents(head + tail) == contents(reference), cut
+        assert [item["book"] for item in head + tail] == [item["book"] for item in reference]
+    with pytest.raises(ValueError, match="replay_ratio=0.3 \\(now 0.5\\)"):
+        make(0.5).load_state_dict(load_data_state(tmp_path, 0))
 
 
 def test_prepared_shards_hold_the_same_tokens_and_resume_in_constant_time(tmp_path, pg19_tiny, tokenizer, book_tokens):

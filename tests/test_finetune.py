@@ -346,25 +346,33 @@ def test_fine_tuning_has_its_own_defaults_for_the_keys_the_user_did_not_give(tmp
     assert (config.lora_r, config.learning_rate, config.tokens_per_step) == (4, 1e-4, 2048)
     assert config.lora_alpha == FINETUNING_DEFAULTS["lora"]["lora_alpha"]
     assert {"lora_r", "learning_rate", "tokens_per_step", "model_name_or_path"} <= config.given_keys
+    for overrides, words in (({"replay_dataset": "data/pg19", "replay_ratio": "0"}, "replay_dataset needs"),
+                             ({"replay_ratio": "0.25"}, "replay_dataset, which is not set"),
+                             ({"replay_dataset": "data/pg19", "replay_ratio": "1"}, "below 1")):
+        with pytest.raises(ValueError, match=words):
+            load_config(None, {"model_name_or_path": "some/model", **overrides})
 
 
 @pytest.mark.slow  # a fine-tuning run (~12 s)
 def test_a_txt_dataset_without_a_test_folder_skips_the_test_evaluation_and_says_so(
-        tmp_path, tiny_export, capsys):
+        tmp_path, tiny_export, pg19_tiny, capsys):
     """train/ and validation/ alone: the run goes on without the default test split and prints why; a test split asked
-    for by name is still a one-line error before any compute."""
+    for by name is still a one-line error before any compute. The run is a number of epochs of its training split,
+    half of each step's blocks replayed from the base's kind of data."""
     books = write_txt_books(tmp_path / "author", length=12_000, layout={"train": 2, "validation": 1})
     out = tmp_path / "run"
     args = ["--model_name_or_path", str(tiny_export), "--dataset", str(books), "--output_dir", str(out),
             "--finetuning_type", "lora", "--lora_export", "adapter", "--num_train_epochs", "0.25",
+            "--replay_dataset", str(pg19_tiny), "--replay_ratio", "0.5",
             "--tokens_per_step", "512", "--micro_batch_size", "4", "--block_size", "64", "--eval_steps", "0", *FAST]
     assert train_main(args) == 0
     from transformers import AutoTokenizer
 
     out_text, err = capsys.readouterr()
-    # a quarter of one pass over train/: the split is measured in tokens, 64 + 1 of them to a packed block
+    # a quarter of one pass over train/: the split is measured in tokens, 64 + 1 of them to a packed block, and as
+    # many blocks again are replayed
     tokens = split_tokens(str(books), "train", AutoTokenizer.from_pretrained(tiny_export))
-    steps = math.ceil(0.25 * (tokens // 65) * 64 / 512)
+    steps = math.ceil(0.25 * (tokens // 65) / 0.5 * 64 / 512)
     assert 1 < steps < 1000 and f"num_train_epochs 0.25: {steps} optimizer steps" in out_text
     assert "has no 'test' split: the test evaluation is skipped" in err
     assert "fine-tuning defaults (lora): " in err and "learning_rate" in err and "tokens_per_step" not in err

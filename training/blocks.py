@@ -352,6 +352,54 @@ class PackedBlocks:
                            "books_read": self.reader["books_read"] + 1}
 
 
+class ReplayBlocks:
+    """The blocks of `primary` with a share `ratio` drawn instead from `replay` (the base model's own training data,
+    rehearsed while fine-tuning so that it is not forgotten), the choice made per block by a generator seeded by
+    `seed`: the same mix on every run, resumable exactly through `state_dict()` / `load_state_dict()` (both streams'
+    states and the generator's). A replayed block counts no book of the fine-tuning data (`book` -1)."""
+
+    def __init__(self, primary, replay, ratio: float, seed: int = 0):
+        self.primary, self.replay, self.ratio = primary, replay, ratio
+        self.rng = np.random.default_rng([seed, 1])
+        self.skip_blocks = 0
+
+    def state_dict(self) -> dict:
+        primary, replay = self.primary.state_dict(), self.replay.state_dict()
+        state = {"meta": {"kind": "replay", "ratio": self.ratio, "rng": self.rng.bit_generator.state,
+                          "primary": primary.pop("meta"), "replay": replay.pop("meta")}}
+        state.update({f"primary.{k}": v for k, v in primary.items()})
+        state.update({f"replay.{k}": v for k, v in replay.items()})
+        return state
+
+    def load_state_dict(self, state: dict):
+        meta = state["meta"]
+        if meta.get("kind") != "replay" or meta["ratio"] != self.ratio:
+            raise ValueError(f"the checkpoint's data stream was written with other settings: replay_ratio="
+                             f"{meta.get('ratio', 0.0)!r} (now {self.ratio!r})")
+        for name in ("primary", "replay"):
+            getattr(self, name).load_state_dict(
+                {"meta": meta[name], **{k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")}})
+        self.rng.bit_generator.state = meta["rng"]
+        self.skip_blocks = 0
+
+    def close(self):
+        self.primary.close()
+        self.replay.close()
+
+    def __iter__(self):
+        primary, replay = iter(self.primary), iter(self.replay)
+        to_skip, self.skip_blocks = self.skip_blocks, 0
+        while True:
+            if self.rng.random() < self.ratio:
+                item = {**next(replay), "book": -1}
+            else:
+                item = next(primary)
+            if to_skip:
+                to_skip -= 1
+                continue
+            yield item
+
+
 def _item(item) -> dict:
     block, book = item
     return {"input_ids": torch.from_numpy(block.astype(np.int64)), "book": book}

@@ -66,10 +66,12 @@ def check_inputs(config: TrainingConfig):
                 f"num_train_epochs {config.num_train_epochs:g}")
         config.num_train_epochs = None
     sources = [(config.dataset, split) for split in (config.train_split, config.validation_split)]
+    if config.prepared_data is not None:
+        sources = []
     if config.general_dataset is not None:
         sources.append((config.general_dataset, config.general_split))
-    if config.prepared_data is not None:
-        sources = sources[2:]
+    if config.replay_dataset is not None:
+        sources.append((config.replay_dataset, config.replay_split))
     for source, split in sources:
         # missing path, deepmind/pg19, known columns; .txt books: no files, empty or binary files, too few to split
         dataset = load_text_dataset(source, split=split, text_options=config.text_options)

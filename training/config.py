@@ -47,6 +47,10 @@ class TrainingConfig:
     lora_export: str = "merged"  # "merged" (a standalone model) or "adapter" (adapter_config.json + adapter weights)
     general_dataset: str | None = None  # a second source measured before and after fine-tuning (what was forgotten)
     general_split: str = "test"
+    replay_dataset: str | None = None  # the base model's own training data, rehearsed while fine-tuning (a share
+    #   `replay_ratio` of the training blocks comes from its `replay_split`) so that fine-tuning forgets less
+    replay_split: str = "train"
+    replay_ratio: float = 0.0
     native_export: bool = False  # also write output_dir/model-hf: the same weights as transformers' own class
     #   (Qwen3 / Llama / GPT-2, no remote code; `victorian-gpt convert --to transformers`), for vLLM, TGI, MLX
     tokenizer: str | None = None  # a tokenizer folder; None: train one on the training split, saved in output_dir
@@ -240,6 +244,14 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
             raise ValueError("lora_target_modules is empty; leave it null for the attention and MLP projections")
     elif config.lora_export != "merged":
         raise ValueError("lora_export applies to finetuning_type 'lora' only")
+    if not 0.0 <= config.replay_ratio < 1.0:
+        raise ValueError(f"config key 'replay_ratio' must be at least 0 and below 1, got {config.replay_ratio}")
+    if config.replay_dataset and config.replay_ratio == 0:
+        raise ValueError("replay_dataset needs replay_ratio, the share of training blocks drawn from it (e.g. 0.25)")
+    if config.replay_ratio > 0 and not config.replay_dataset and "replay_ratio" in given:
+        raise ValueError("replay_ratio is the share of training blocks drawn from replay_dataset, which is not set")
+    if config.replay_dataset and config.prepared_data:
+        raise ValueError("replay_dataset is read as text; it cannot be mixed into prepared_data")
     if config.native_export and config.finetuning_type == "lora" and config.lora_export == "adapter":
         raise ValueError("native_export writes a whole model; an adapter export (lora_export: adapter) is not one")
     if config.revision is not None and config.model_name_or_path is None:

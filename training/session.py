@@ -24,7 +24,7 @@ from victorian_gpt import VictorianGPTForCausalLM
 from victorian_gpt.tokenization import train_tokenizer_from_source
 from victorian_gpt.utils.modeling import context_length
 
-from .blocks import PackedBlocks, batches_of, load_data_state, split_tokens
+from .blocks import PackedBlocks, ReplayBlocks, batches_of, load_data_state, split_tokens
 from .checkpoint import CHECKPOINTS, TRAINER_STATE, find_checkpoint
 from .checks import check_inputs
 from .config import TrainingConfig
@@ -53,7 +53,8 @@ class Session:
     accumulation: int
     tokens_per_step: int
     run: dict
-    train_data: Any = None  # this rank's block stream (PackedBlocks or PreparedBlocks), positioned by the checkpoint
+    train_data: Any = None  # this rank's block stream (PackedBlocks or PreparedBlocks, maybe in ReplayBlocks), positioned
+    #   by the checkpoint
     batches: Any = None
     measures: dict = field(default_factory=dict)  # bytes and words per token, for evaluation
     history: list = field(default_factory=list)
@@ -144,6 +145,7 @@ def limit_to_epochs(s: Session):
     else:
         tokens = split_tokens(config.dataset, config.train_split, s.tokenizer, config.text_options)
     blocks = tokens // (s.block_size + 1)  # the packed blocks of one pass (its last partial block dropped)
+    blocks /= 1.0 - (config.replay_ratio if config.replay_dataset else 0.0)  # replayed blocks come on top
     steps = max(1, math.ceil(config.num_train_epochs * blocks * s.block_size / s.tokens_per_step))
     if steps < config.max_steps:
         config.max_steps = steps
@@ -237,6 +239,11 @@ def open_train_data(s: Session, data_state: dict | None, resumed: bool):
                                     acc.process_index, acc.num_processes, sharding=config.data_sharding,
                                     shuffle_buffer=config.shuffle_buffer, seed=config.seed,
                                     num_workers=config.dataloader_num_workers, text_options=config.text_options)
+    if config.replay_dataset:
+        replay = PackedBlocks(config.replay_dataset, config.replay_split, s.tokenizer, s.block_size,
+                              acc.process_index, acc.num_processes, sharding=config.data_sharding,
+                              shuffle_buffer=config.shuffle_buffer, seed=config.seed, text_options=config.text_options)
+        s.train_data = ReplayBlocks(s.train_data, replay, config.replay_ratio, seed=config.seed)
     if data_state is not None:
         s.train_data.load_state_dict(data_state)
     elif resumed:  # an older checkpoint: find the place by re-reading the blocks already trained on
