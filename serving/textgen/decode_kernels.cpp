@@ -605,44 +605,90 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 // LoRA deltas, each row with its own adapter (serving/textgen/lora.py): for every row m whose slot s = slots[m] >= 0
 // and ranks[s] > 0, y[m] += (x[m] @ a[s]) @ b[s] over the first ranks[s] of the R inner columns, in float32, added to
-// y in float32 and rounded once to y's dtype. a (S, K, R) is A^T, b (S, R, N) scaling * B^T, both float32 and padded
-// with zeros to R. Each output sums its terms in an order fixed by K and the adapter's rank alone (per element: the
+// y in float32 and rounded once to y's dtype. a (S, K, R) is A^T, b (S, R, N) scaling * B^T, both float32 or both
+// bf16 (a bf16 model's: half the bytes to read), padded with zeros to R; x and y both float32 or both bf16.
+// Each output sums its terms in an order fixed by K and the adapter's rank alone (per element: the
 // loops over K and over the rank run in order; vectorised across R and across N, never across the sum), so a row gets
 // the same bits whatever the other rows are, and a row of no adapter is left untouched.
-template <typename X, typename Y>
-void lora_add_impl(Y* y_ptr, const X* x_ptr, const float* a_ptr, const float* b_ptr, const int64_t* slots,
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LORA_AVX512 1
+// up to 16 values (float32 or bf16, the lanes of `mask`) as float32
+inline __m512 load16_masked(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline __m512 load16_masked(const at::BFloat16* p, __mmask16 mask) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+// 16 float32 values stored as float32, or as bf16 rounded to nearest even (NaN as 0x7FC0), as c10::BFloat16 rounds
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(at::BFloat16* p, __m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)),
+                                        _mm512_set1_epi32(0x7FFF));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(rounded));
+}
+#endif
+
+// h[j] = sum over k, in order, of x[k] * a[k][j] (an fma chain per j), for j < r_size
+template <typename W>
+inline void lora_down(const float* x, const W* a, int64_t k_size, int64_t r_size, float* h) {
+  int64_t j = 0;
+#if defined(LORA_AVX512)
+  for (; j < r_size; j += 16) {
+    const __mmask16 mask = r_size - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (r_size - j)) - 1);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k = 0; k < k_size; ++k)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(x[k]), load16_masked(a + k * r_size + j, mask), acc);
+    _mm512_mask_storeu_ps(h + j, mask, acc);
+  }
+#endif
+  for (; j < r_size; ++j) {
+    float acc = 0.f;
+    for (int64_t k = 0; k < k_size; ++k) acc = std::fma(x[k], static_cast<float>(a[k * r_size + j]), acc);
+    h[j] = acc;
+  }
+}
+
+// y[n] = round(y[n] + d[n]) for n in [begin, end), d[n] = sum over j < rank, in order, of h[j] * b[j][n] (an fma
+// chain per n), b's rows `n_size` apart
+template <typename Y, typename W>
+inline void lora_up(Y* y, const float* h, const W* b, int64_t rank, int64_t n_size, int64_t begin, int64_t end) {
+  int64_t n = begin;
+#if defined(LORA_AVX512)
+  for (; n + 16 <= end; n += 16) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < rank; ++j)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(h[j]), load16_masked(b + j * n_size + n, __mmask16(0xFFFF)), acc);
+    store16(y + n, _mm512_add_ps(load16_masked(y + n, __mmask16(0xFFFF)), acc));
+  }
+#endif
+  for (; n < end; ++n) {
+    float acc = 0.f;
+    for (int64_t j = 0; j < rank; ++j) acc = std::fma(h[j], static_cast<float>(b[j * n_size + n]), acc);
+    y[n] = static_cast<Y>(static_cast<float>(y[n]) + acc);
+  }
+}
+
+// T: x's and y's type, W: a's and b's (float32 or bf16)
+template <typename T, typename W>
+void lora_add_impl(T* y_ptr, const T* x_ptr, const W* a_ptr, const W* b_ptr, const int64_t* slots,
                    const int64_t* ranks, int64_t m_size, int64_t k_size, int64_t r_size, int64_t n_size) {
-  std::vector<float> h(m_size * r_size, 0.f);
+  std::vector<float> h(m_size * r_size, 0.f), x(k_size);
+  int64_t work = 0;  // products of the second stage per output column, to decide whether threads pay
   for (int64_t m = 0; m < m_size; ++m) {
     const int64_t s = slots[m];
     if (s < 0 || ranks[s] == 0) continue;
-    float* hm = h.data() + m * r_size;
-    const float* as = a_ptr + s * k_size * r_size;
-    const X* xm = x_ptr + m * k_size;
-    for (int64_t k = 0; k < k_size; ++k) {
-      const float xk = static_cast<float>(xm[k]);
-      const float* ak = as + k * r_size;
-      for (int64_t j = 0; j < r_size; ++j) hm[j] = std::fma(xk, ak[j], hm[j]);
-    }
+    for (int64_t k = 0; k < k_size; ++k) x[k] = static_cast<float>(x_ptr[m * k_size + k]);
+    lora_down(x.data(), a_ptr + s * k_size * r_size, k_size, r_size, h.data() + m * r_size);
+    work += ranks[s];
   }
-  int64_t work = 0;  // products of the second stage, to decide whether threads pay
-  for (int64_t m = 0; m < m_size; ++m)
-    if (slots[m] >= 0) work += ranks[slots[m]];
-  const int64_t grain = std::max<int64_t>(64, 32768 / std::max<int64_t>(1, work));
+  // a decode step's few rows take a few microseconds on one core: threads only for long prompts' many rows
+  const int64_t grain = work * n_size > (int64_t(1) << 21) ? std::max<int64_t>(64, (int64_t(1) << 19) / work) : n_size;
   at::parallel_for(0, n_size, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> d(end - begin);
     for (int64_t m = 0; m < m_size; ++m) {
       const int64_t s = slots[m];
       if (s < 0 || ranks[s] == 0) continue;
-      std::fill(d.begin(), d.end(), 0.f);
-      const float* hm = h.data() + m * r_size;
-      for (int64_t j = 0; j < ranks[s]; ++j) {
-        const float hj = hm[j];
-        const float* bj = b_ptr + (s * r_size + j) * n_size + begin;
-        for (int64_t n = 0; n < end - begin; ++n) d[n] = std::fma(hj, bj[n], d[n]);
-      }
-      Y* ym = y_ptr + m * n_size + begin;
-      for (int64_t n = 0; n < end - begin; ++n) ym[n] = static_cast<Y>(static_cast<float>(ym[n]) + d[n]);
+      lora_up(y_ptr + m * n_size, h.data() + m * r_size, b_ptr + s * r_size * n_size, ranks[s], n_size, begin, end);
     }
   });
 }
@@ -651,12 +697,12 @@ void lora_add_(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at
                const at::Tensor& ranks) {
   TORCH_CHECK(y.dim() == 2 && x.dim() == 2 && y.size(0) == x.size(0) && y.is_contiguous() && x.is_contiguous(),
               "lora_add_: y (M, N) and x (M, K), contiguous; got ", y.sizes(), " and ", x.sizes());
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16, "lora_add_: y float32 or bf16");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "lora_add_: x float32 or bf16");
-  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.dim() == 3 && b.dim() == 3 &&
-              a.is_contiguous() && b.is_contiguous() && a.size(0) == b.size(0) && a.size(1) == x.size(1) &&
-              a.size(2) == b.size(1) && b.size(2) == y.size(1),
-              "lora_add_: a float32 (S, K, R) and b float32 (S, R, N); got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK((y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16) && x.scalar_type() == y.scalar_type(),
+              "lora_add_: x and y both float32 or both bf16");
+  TORCH_CHECK((a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16) && b.scalar_type() == a.scalar_type()
+              && a.dim() == 3 && b.dim() == 3 && a.is_contiguous() && b.is_contiguous() && a.size(0) == b.size(0) &&
+              a.size(1) == x.size(1) && a.size(2) == b.size(1) && b.size(2) == y.size(1),
+              "lora_add_: a (S, K, R) and b (S, R, N), both float32 or both bf16; got ", a.sizes(), " and ", b.sizes());
   TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == x.size(0) && ranks.scalar_type() == at::kLong &&
               ranks.numel() == a.size(0) && slots.is_contiguous() && ranks.is_contiguous(),
               "lora_add_: slots int64 (M) and ranks int64 (S)");
@@ -667,19 +713,17 @@ void lora_add_(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at
   for (int64_t s = 0; s < ranks.numel(); ++s)
     TORCH_CHECK(r_ptr[s] >= 0 && r_ptr[s] <= a.size(2), "lora_add_: rank ", r_ptr[s], " beyond ", a.size(2));
   const int64_t m_size = x.size(0), k_size = x.size(1), r_size = a.size(2), n_size = y.size(1);
-  const float* a_ptr = a.data_ptr<float>();
-  const float* b_ptr = b.data_ptr<float>();
-  if (x.scalar_type() == at::kFloat && y.scalar_type() == at::kFloat)
-    lora_add_impl(y.data_ptr<float>(), x.data_ptr<float>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size, r_size, n_size);
-  else if (x.scalar_type() == at::kBFloat16 && y.scalar_type() == at::kBFloat16)
-    lora_add_impl(y.data_ptr<at::BFloat16>(), x.data_ptr<at::BFloat16>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size,
-                  r_size, n_size);
-  else if (x.scalar_type() == at::kFloat)
-    lora_add_impl(y.data_ptr<at::BFloat16>(), x.data_ptr<float>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size, r_size,
-                  n_size);
-  else
-    lora_add_impl(y.data_ptr<float>(), x.data_ptr<at::BFloat16>(), a_ptr, b_ptr, s_ptr, r_ptr, m_size, k_size, r_size,
-                  n_size);
+  const auto run = [&](auto* y_ptr, auto* w_tag) {
+    using T = std::remove_pointer_t<decltype(y_ptr)>;
+    using W = std::remove_pointer_t<decltype(w_tag)>;
+    lora_add_impl<T, W>(y_ptr, x.data_ptr<T>(), a.data_ptr<W>(), b.data_ptr<W>(), s_ptr, r_ptr, m_size, k_size,
+                        r_size, n_size);
+  };
+  const bool bf16_y = y.scalar_type() == at::kBFloat16, bf16_w = a.scalar_type() == at::kBFloat16;
+  if (bf16_y && bf16_w) run(y.data_ptr<at::BFloat16>(), static_cast<at::BFloat16*>(nullptr));
+  else if (bf16_y) run(y.data_ptr<at::BFloat16>(), static_cast<float*>(nullptr));
+  else if (bf16_w) run(y.data_ptr<float>(), static_cast<at::BFloat16*>(nullptr));
+  else run(y.data_ptr<float>(), static_cast<float*>(nullptr));
 }
 
 // whether bf16_gemm_nt was compiled with AVX-512 BF16 (elsewhere its plain C++ is no match for oneDNN)

@@ -10,13 +10,13 @@ model lacks, a shape that differs: each a one-line ValueError naming the adapter
 Each adapted linear layer becomes a `LoraLinear` around whatever serves it (`PackedLinear`, `Int8Linear`,
 `Float32Linear`, `nn.Linear`, `Conv1D`): the base layer computes every row as before, then each row of an adapter
 gets `scaling * (x @ A^T) @ B^T` added, with its own adapter's A and B. The layer holds every adapter's matrices
-stacked (A^T as (adapters, in, R), scaling * B^T as (adapters, R, out), ranks padded with zeros to the largest, R),
-and a forward pass gets one index per row (which adapter, or none) from `adapter_rows`: one gather per layer for the
-whole batch. Rows of the base get nothing added, so they keep the bits they have without adapters. On the CPU the
-delta is one call of the decode kernel `lora_add_` (kernels.py) per layer, each row summed in an order fixed by the
-shapes alone (batch invariance holds: a row's bits do not depend on the others); elsewhere, or for comparison
-(`LoraAdapters.method`), PyTorch's operators, rows grouped by adapter ("group") or gathered into one batched product
-("bmm").
+stacked (A^T as (adapters, in, R), scaling * B^T as (adapters, R, out), ranks padded with zeros to the largest, R;
+float32, or bf16 in a bf16 model), and a forward pass gets one index per row (which adapter, or none) from
+`adapter_rows`: one gather per layer for the whole batch. Rows of the base get nothing added, so they keep the bits
+they have without adapters. On the CPU the delta is one call of the decode kernel `lora_add_` (kernels.py) per layer,
+each row summed in an order fixed by the shapes alone (batch invariance holds: a row's bits do not depend on the
+others); elsewhere, or for comparison (`LoraAdapters.method`), PyTorch's operators, rows grouped by adapter ("group")
+or gathered into one batched product ("bmm").
 """
 
 from __future__ import annotations
@@ -311,24 +311,42 @@ class LoraAdapters:
 
 
 class _Rows:
-    """Which adapter each row of a forward pass takes, and its groupings, computed once per pass and row count (the
-    layers see (B * T) rows: a decode step's B, or one prompt's T)."""
+    """Which adapter each row of a forward pass takes (-1: none), and its groupings, computed once per pass and row
+    count as a method needs them (the layers see B * T rows: a decode step's B, or one prompt's T)."""
 
     def __init__(self, slots: torch.Tensor):
         self.slots = slots
-        self._by_count: dict = {}
+        self._cache: dict = {}
 
-    def for_rows(self, count: int, device: torch.device):
-        found = self._by_count.get(count)
+    def slots_for(self, count: int) -> torch.Tensor:
+        """The slot of each of `count` rows (a sequence's T rows take its slot), int64 on the CPU."""
+        found = self._cache.get(count)
         if found is None:
-            slots = self.slots if count == len(self.slots) else self.slots.repeat_interleave(count // len(self.slots))
-            adapted = (slots >= 0).nonzero().flatten()
-            groups = []
+            found = self.slots if count == len(self.slots) else self.slots.repeat_interleave(count // len(self.slots))
+            self._cache[count] = found
+        return found
+
+    def groups_for(self, count: int, device: torch.device) -> list[tuple[int, torch.Tensor | None]]:
+        """(slot, its rows, or None for all of them) for each adapter among the rows."""
+        key = ("groups", count, device)
+        found = self._cache.get(key)
+        if found is None:
+            slots = self.slots_for(count)
+            found = []
             for slot in sorted(set(slots.tolist()) - {-1}):
                 rows = (slots == slot).nonzero().flatten()
-                groups.append((slot, None if len(rows) == count else rows.to(device)))
-            found = (slots.to(device), groups, adapted.to(device), slots[adapted].to(device))
-            self._by_count[count] = found
+                found.append((slot, None if len(rows) == count else rows.to(device)))
+            self._cache[key] = found
+        return found
+
+    def adapted_for(self, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rows of some adapter, their slots)."""
+        key = ("adapted", count, device)
+        found = self._cache.get(key)
+        if found is None:
+            slots = self.slots_for(count)
+            rows = (slots >= 0).nonzero().flatten()
+            found = self._cache[key] = (rows.to(device), slots[rows].to(device))
         return found
 
 
@@ -343,6 +361,7 @@ class LoraLinear(nn.Module):
         self.lora = adapters  # shared, not a submodule
         self.in_features, self.rank = a.shape[1], a.shape[2]
         self.out_features = b.shape[2]
+        # float32, or bf16 in a bf16 model
         self.register_buffer("a", a.contiguous(), persistent=False)  # (adapters, in, R): A^T, padded with zeros
         self.register_buffer("b", b.contiguous(), persistent=False)  # (adapters, R, out): scaling * B^T, padded
         self.register_buffer("ranks", ranks, persistent=False)  # (adapters,): 0 where an adapter leaves this layer
@@ -363,23 +382,25 @@ class LoraLinear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         y = y.contiguous()
         out = y.view(-1, self.out_features)
-        slots, groups, adapted, adapted_slots = rows.for_rows(flat.shape[0], flat.device)
         method = self.lora.method
-        if method == "kernel" and self.lora.kernel and flat.device.type == "cpu":
-            torch.ops.victorian_gpt.lora_add_(out, flat.contiguous(), self.a, self.b, slots, self.ranks)
+        if (method == "kernel" and self.lora.kernel and flat.device.type == "cpu" and flat.dtype == out.dtype
+                and flat.dtype in (torch.float32, torch.bfloat16)):
+            torch.ops.victorian_gpt.lora_add_(out, flat.contiguous(), self.a, self.b, rows.slots_for(len(flat)),
+                                              self.ranks)
         elif method == "bmm":
+            adapted, adapted_slots = rows.adapted_for(len(flat), flat.device)
             if len(adapted):
                 xs = flat.index_select(0, adapted).float()
-                h = torch.bmm(xs[:, None, :], self.a.index_select(0, adapted_slots))
-                delta = torch.bmm(h, self.b.index_select(0, adapted_slots))[:, 0]
+                h = torch.bmm(xs[:, None, :], self.a.index_select(0, adapted_slots).float())
+                delta = torch.bmm(h, self.b.index_select(0, adapted_slots).float())[:, 0]
                 out.index_copy_(0, adapted, (out.index_select(0, adapted).float() + delta).to(out.dtype))
         else:  # "group", and the kernel's stand-in where it is not built (or off the CPU)
-            for slot, index in groups:
+            for slot, index in rows.groups_for(len(flat), flat.device):
                 rank = self._ranks[slot]
                 if not rank:
                     continue
                 xs = (flat if index is None else flat.index_select(0, index)).float()
-                delta = (xs @ self.a[slot, :, :rank]) @ self.b[slot, :rank]
+                delta = (xs @ self.a[slot, :, :rank].float()) @ self.b[slot, :rank].float()
                 if index is None:
                     out.copy_(out.float() + delta)
                 else:
@@ -401,6 +422,8 @@ def attach_lora_adapters(model: nn.Module, adapters: list[LoraAdapter]) -> nn.Mo
         return model
     lora = LoraAdapters(model.lora_adapters)
     device = next(model.parameters()).device
+    # a bf16 model keeps its adapters in bf16 (half the bytes a step reads), any other in float32
+    dtype = torch.bfloat16 if model.dtype == torch.bfloat16 else torch.float32
     targets = sorted({name for adapter in adapters for name in adapter.modules})
     for name in targets:
         present = [adapter.modules.get(name) for adapter in adapters]
@@ -419,7 +442,8 @@ def attach_lora_adapters(model: nn.Module, adapters: list[LoraAdapter]) -> nn.Mo
                 ranks[i] = r
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoraLinear(getattr(parent, child), lora, a.to(device), b.to(device), ranks.to(device)))
+        setattr(parent, child, LoraLinear(getattr(parent, child), lora, a.to(device, dtype), b.to(device, dtype),
+                                          ranks.to(device)))
     model.lora = lora
     return model
 
