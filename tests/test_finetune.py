@@ -346,11 +346,46 @@ def test_fine_tuning_has_its_own_defaults_for_the_keys_the_user_did_not_give(tmp
     assert (config.lora_r, config.learning_rate, config.tokens_per_step) == (4, 1e-4, 2048)
     assert config.lora_alpha == FINETUNING_DEFAULTS["lora"]["lora_alpha"]
     assert {"lora_r", "learning_rate", "tokens_per_step", "model_name_or_path"} <= config.given_keys
-    for overrides, words in (({"replay_dataset": "data/pg19", "replay_ratio": "0"}, "replay_dataset needs"),
+    fine_tuning = {"model_name_or_path": "some/model"}
+    for overrides, words in (({**fine_tuning, "replay_dataset": "data/pg19", "replay_ratio": "0"}, "replay_dataset needs"),
                              ({"replay_ratio": "0.25"}, "replay_dataset, which is not set"),
-                             ({"replay_dataset": "data/pg19", "replay_ratio": "1"}, "below 1")):
+                             ({**fine_tuning, "replay_dataset": "data/pg19", "replay_ratio": "1"}, "below 1")):
         with pytest.raises(ValueError, match=words):
-            load_config(None, {"model_name_or_path": "some/model", **overrides})
+            load_config(None, overrides)
+
+
+def test_fine_tuning_replays_the_data_its_base_was_trained_on_where_it_can_be_read(
+        tmp_path, tiny_export, pg19_tiny, txt_books, capsys):
+    """The default replay_ratio rehearses the dataset the base's training_summary.json names; a base whose data is not
+    here (a Hub dataset, offline) fine-tunes without replay and says so; a ratio the user gave then is an error."""
+    from helpers.exports import complete_export_for_hub
+    from training.checks import check_inputs
+    from training.config import FINETUNING_DEFAULTS, load_config
+    from victorian_gpt.summary import TrainingSummary
+
+    ratio = FINETUNING_DEFAULTS["common"]["replay_ratio"]
+    assert 0 < ratio < 1
+    base = tmp_path / "base"
+    shutil.copytree(tiny_export, base)
+    complete_export_for_hub(base)  # trained on emozilla/pg19, which cannot be read offline
+    args = {"model_name_or_path": str(base), "dataset": str(txt_books), "output_dir": str(tmp_path / "out")}
+    config = load_config(None, args)
+    check_inputs(config)
+    assert config.replay_ratio == 0 and config.replay_dataset is None
+    assert "no replay: emozilla/pg19 (train), the data" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="replay_ratio 0.3: emozilla/pg19 .* cannot be read here; set replay_dataset"):
+        check_inputs(load_config(None, {**args, "replay_ratio": "0.3"}))
+
+    summary = TrainingSummary.read(base)
+    summary.dataset = str(pg19_tiny)
+    summary.write(base)
+    config = load_config(None, args)
+    check_inputs(config)
+    assert (config.replay_dataset, config.replay_split, config.replay_ratio) == (str(pg19_tiny), "train", ratio)
+    assert f"replaying {ratio:g} of the training blocks from {pg19_tiny} (train)" in capsys.readouterr().err
+    config = load_config(None, {**args, "replay_ratio": "0"})
+    check_inputs(config)
+    assert config.replay_dataset is None
 
 
 @pytest.mark.slow  # a fine-tuning run (~12 s)

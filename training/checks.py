@@ -17,7 +17,7 @@ from victorian_gpt.utils.modeling import context_length
 
 from .checkpoint import find_checkpoint
 from .config import DEFAULT_PRESET, FINETUNING_DEFAULTS, TrainingConfig
-from .finetune import check_start
+from .finetune import base_training_data, check_start
 from .shards import read_prepared_meta
 
 
@@ -25,6 +25,31 @@ def _notice(message: str):
     """One line on stderr, from the first process only (every rank runs these checks)."""
     if os.environ.get("RANK", "0") == "0":
         print(message, file=sys.stderr)
+
+
+def replay_the_base_data(config: TrainingConfig):
+    """replay_ratio without replay_dataset: rehearse the data the starting model was trained on (its
+    training_summary.json names it) where it can be read here; otherwise, for the default ratio, no replay and a line
+    saying so, and for a ratio the user gave, a one-line error."""
+    found = base_training_data(config)
+    split = config.replay_split if "replay_split" in config.given_keys else (found[1] if found else "train")
+    readable = False
+    if found:
+        try:
+            readable = next(iter(load_text_dataset(found[0], split=split)), None) is not None
+        except Exception:  # a path that is not here, a Hub dataset offline: nothing to replay
+            readable = False
+    if readable:
+        config.replay_dataset, config.replay_split = found[0], split
+        _notice(f"replaying {config.replay_ratio:g} of the training blocks from {found[0]} ({split}), the data "
+                f"{config.model_name_or_path} was trained on (--replay_ratio 0: none)")
+        return
+    why = (f"{config.model_name_or_path} names no training data" if not found else
+           f"{found[0]} ({split}), the data {config.model_name_or_path} was trained on, cannot be read here")
+    if "replay_ratio" in config.given_keys:
+        raise ValueError(f"replay_ratio {config.replay_ratio:g}: {why}; set replay_dataset")
+    _notice(f"no replay: {why} (set replay_dataset to rehearse it and forget less)")
+    config.replay_ratio = 0.0
 
 
 def check_inputs(config: TrainingConfig):
@@ -36,6 +61,8 @@ def check_inputs(config: TrainingConfig):
                 f"{key} {getattr(config, key)}" for key in defaults if key not in config.given_keys]
         if used:
             _notice(f"fine-tuning defaults ({config.finetuning_type}): {', '.join(used)}")
+        if config.replay_ratio > 0 and config.replay_dataset is None:
+            replay_the_base_data(config)
     else:
         model_config = VictorianGPTConfig.from_preset(config.model_preset or DEFAULT_PRESET, **config.model_overrides)
         start_tokenizer = None

@@ -24,9 +24,9 @@ DEFAULT_PRESET = "gpt2-124m"  # the model trained from scratch when model_preset
 # a couple of steps. Chosen on the validation books of the authors' style datasets (docs/finetuning.md#defaults).
 FINETUNING_DEFAULTS = {
     "common": {"tokens_per_step": 8192, "micro_batch_size": 8, "warmup_steps": 10, "lr_scheduler_type": "cosine",
-               "min_lr_ratio": 0.1, "weight_decay": 0.0},
-    "full": {"learning_rate": 3e-4},
-    "lora": {"learning_rate": 5e-3, "lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0},
+               "min_lr_ratio": 0.1, "weight_decay": 0.0, "num_train_epochs": 3.0, "replay_ratio": 0.5},
+    "full": {"learning_rate": 1e-4},
+    "lora": {"learning_rate": 2e-3, "lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0},
 }
 
 
@@ -48,7 +48,8 @@ class TrainingConfig:
     general_dataset: str | None = None  # a second source measured before and after fine-tuning (what was forgotten)
     general_split: str = "test"
     replay_dataset: str | None = None  # the base model's own training data, rehearsed while fine-tuning (a share
-    #   `replay_ratio` of the training blocks comes from its `replay_split`) so that fine-tuning forgets less
+    #   `replay_ratio` of the training blocks comes from its `replay_split`) so that fine-tuning forgets less; null
+    #   with replay_ratio > 0: the dataset the base's training_summary.json names, where it can be read
     replay_split: str = "train"
     replay_ratio: float = 0.0
     native_export: bool = False  # also write output_dir/model-hf: the same weights as transformers' own class
@@ -248,8 +249,9 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
         raise ValueError(f"config key 'replay_ratio' must be at least 0 and below 1, got {config.replay_ratio}")
     if config.replay_dataset and config.replay_ratio == 0:
         raise ValueError("replay_dataset needs replay_ratio, the share of training blocks drawn from it (e.g. 0.25)")
-    if config.replay_ratio > 0 and not config.replay_dataset and "replay_ratio" in given:
-        raise ValueError("replay_ratio is the share of training blocks drawn from replay_dataset, which is not set")
+    if config.replay_ratio > 0 and not config.replay_dataset and config.model_name_or_path is None:
+        raise ValueError("replay_ratio is the share of training blocks drawn from replay_dataset, which is not set "
+                         "(only fine-tuning finds its base model's own training data)")
     if config.replay_dataset and config.prepared_data:
         raise ValueError("replay_dataset is read as text; it cannot be mixed into prepared_data")
     if config.native_export and config.finetuning_type == "lora" and config.lora_export == "adapter":

@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
 from victorian_gpt import PRESETS
+from victorian_gpt.summary import SUMMARY_FILE, TrainingSummary
 from victorian_gpt.utils.hub import ADAPTER_CONFIG, is_local_path
 from victorian_gpt.utils.hub import model_source as _model_source
 
@@ -142,6 +143,25 @@ def lora_targets(model, wanted: list[str] | None) -> list[str]:
 def _short(names: list[str]) -> str:
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
     return ", ".join(leaves)
+
+
+def base_training_data(config) -> tuple[str, str] | None:
+    """(dataset, training split) that `model_name_or_path` was trained on, as its training_summary.json names them (a
+    local export's, or a Hub repo's through `hf_hub_download` and its cache), or None where there is none to read."""
+    name = config.model_name_or_path
+    try:
+        if is_local_path(name):
+            folder = Path(os.path.expanduser(name))
+        else:
+            from huggingface_hub import hf_hub_download
+
+            folder = Path(hf_hub_download(name, SUMMARY_FILE, revision=config.revision)).parent
+        summary = TrainingSummary.read(folder)
+    except (OSError, ValueError, TypeError):  # no summary (or no such file on the Hub, or offline): nothing to replay
+        return None
+    if not summary.dataset:
+        return None
+    return summary.dataset, (summary.dataset_splits or {}).get("train") or "train"
 
 
 def load_start_model(config, model_config):
