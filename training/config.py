@@ -24,7 +24,7 @@ DEFAULT_PRESET = "gpt2-124m"  # the model trained from scratch when model_preset
 # a couple of steps. Chosen on the validation books of the authors' style datasets (docs/finetuning.md#defaults).
 FINETUNING_DEFAULTS = {
     "common": {"tokens_per_step": 8192, "micro_batch_size": 8, "warmup_steps": 10, "lr_scheduler_type": "cosine",
-               "min_lr_ratio": 0.1, "weight_decay": 0.0, "num_train_epochs": 3.0, "replay_ratio": 0.5},
+               "min_lr_ratio": 0.1, "weight_decay": 0.0, "num_train_epochs": 5.0, "replay_ratio": 0.5},
     "full": {"learning_rate": 1e-4},
     "lora": {"learning_rate": 2e-3, "lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0},
 }
