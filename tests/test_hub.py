@@ -14,12 +14,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-
-from fakes.hub import LoopbackHub
+from fakes.hub import running_hub
 from helpers.exports import HUB_EXPORT_EVAL, complete_export_for_hub
 from helpers.isolation import REPO_ROOT, run_isolated
 
@@ -45,12 +43,8 @@ EXPECTED_MODEL_FILES = {
 # --------------------------------------------------------------------------------------------------- the Hub
 @pytest.fixture(scope="module")
 def hub():
-    server = LoopbackHub(TOKEN)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_hub(TOKEN) as server:
+        yield server
 
 
 def run_cli(args: list[str], endpoint: str, token: str | None = TOKEN, console_script: bool = True):

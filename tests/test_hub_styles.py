@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 
 import pytest
-from fakes.hub import LoopbackHub
+from fakes.hub import running_hub
 from helpers.exports import complete_export_for_hub
 from helpers.lora import make_lora_adapter
 
@@ -25,12 +24,8 @@ AFTER = {"validation": {"bits_per_byte": 1.4400}, "general": {"bits_per_byte": 1
 
 @pytest.fixture(scope="module")
 def hub():
-    server = LoopbackHub(TOKEN)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_hub(TOKEN) as server:
+        yield server
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ with parents, branches, blob ids = git blob sha1, LFS objects by sha256) and rec
 commit carried, so a test can assert what a client actually sent. Point a client at it with `HF_ENDPOINT=hub.url`
 (and `HF_HUB_DISABLE_XET=1`, so large files take the LFS batch API it serves); writes need `token`.
 
-Run it in a thread: `server = LoopbackHub(token)`, `threading.Thread(target=server.serve_forever, daemon=True)`,
-then `server.shutdown()` and `server.server_close()`.
+Run it in a thread: `with running_hub(token) as server: ...` (or `server = LoopbackHub(token)`,
+`threading.Thread(target=server.serve_forever, daemon=True)`, then `server.shutdown()` and `server.server_close()`).
 
 (`olah`, a self-hosted Hub mirror, was tried first: it serves local git repos read-only, has no upload endpoints,
 and answers a missing folder with `401 RepoNotFound`, which makes `AutoTokenizer.from_pretrained` fail.)
@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -85,6 +86,19 @@ class LoopbackHub(ThreadingHTTPServer):
 
     def api_commits(self, repo_type: str, repo_id: str) -> list[Commit]:
         return [c for c in self.repos[(repo_type, repo_id)].commits.values() if c.sent]
+
+
+@contextmanager
+def running_hub(token: str):
+    """A `LoopbackHub` serving in a thread of its own while the block runs."""
+    server = LoopbackHub(token)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
