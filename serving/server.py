@@ -193,8 +193,9 @@ class TGIServer:
         if self.engine is not None:
             generation = self.engine.submit(input_ids, params, asynchronous=asynchronous)  # Overloaded: 429
         else:
-            # Counted by the threads themselves, so a response that never started streaming cannot leak a slot.
-            self.live = {g for g in self.live if not g.done.is_set()}
+            # Counted by the threads themselves, so a response that never started streaming cannot leak a slot; one
+            # whose last token was handed over is done for its client, who may send the next request at once.
+            self.live = {g for g in self.live if not (g.done.is_set() or g.streamer.last_emitted)}
             if len(self.live) >= self.max_concurrent_requests:
                 raise Overloaded("Model is overloaded")
             generation = textgen.Generation(self.model, self.tokenizer, input_ids, params, asynchronous=asynchronous)

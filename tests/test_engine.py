@@ -153,6 +153,34 @@ def test_overload_is_refused_at_once(loaded):
         textgen.Engine(model, tokenizer, limits=limits, max_batch_total_tokens=100)
 
 
+def test_a_request_whose_last_token_arrived_no_longer_counts_as_in_flight(loaded):
+    """A client that reads its last token and at once sends the next request is not refused as overloaded, however
+    late the engine's thread gets round to finishing the first: here it is held just after handing the token over."""
+    model, tokenizer, limits = loaded
+    handed_over = threading.Event()
+    with textgen.Engine(model, tokenizer, limits=limits, max_concurrent_requests=1) as engine:
+        with engine.held():  # the engine takes nothing before the streamer is wrapped
+            first = submit(engine, loaded, PROMPTS[0], max_new_tokens=3)
+            emit = first.streamer._emit
+
+            def emit_then_wait(item):
+                emit(item)
+                if getattr(item, "last", False):
+                    assert handed_over.wait(10)
+
+            first.streamer._emit = emit_then_wait
+        try:
+            tokens = []
+            for token in first:
+                tokens.append(token)
+                if token.last:
+                    second = submit(engine, loaded, PROMPTS[1], max_new_tokens=3)  # not Overloaded
+                    handed_over.set()
+        finally:
+            handed_over.set()
+        assert len(tokens) == 3 and len(drain(second)) == 3 and first.state == "finished"
+
+
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded):
     model, tokenizer, limits = loaded
     calls = {"n": 0}

@@ -157,13 +157,16 @@ def browser(tmp_path):
 
 
 def downloaded(folder: Path, name: str, timeout: float = 30.0) -> str:
-    """The text of a file the browser saved into `folder`, once its download has finished."""
+    """The text of a file the browser saved into `folder`, once its download has finished: no partial download left
+    and its size the same over half a second (Chromium may write a page-built file in place, in pieces)."""
     deadline = time.monotonic() + timeout
+    path, size = folder / name, None
     while time.monotonic() < deadline:
-        path = folder / name
         if path.is_file() and not list(folder.glob("*.crdownload")):
-            return path.read_text(encoding="utf-8")
-        time.sleep(0.1)
+            if path.stat().st_size == size:
+                return path.read_text(encoding="utf-8")
+            size = path.stat().st_size
+        time.sleep(0.5)
     pytest.fail(f"{name} was not downloaded; {folder} holds {sorted(p.name for p in folder.iterdir())}")
 
 
@@ -232,7 +235,10 @@ def test_browser_seed_history_stop_and_close_tab(space, browser):
     # ... and offers them as downloads, built in the page: what the browser saves is what was shown
     browser.find_element(By.CSS_SELECTOR, "#history-jsonl").click()
     browser.find_element(By.CSS_SELECTOR, "#history-md").click()
-    rows = [json.loads(line) for line in downloaded(browser.downloads, "victorian-gpt-history.jsonl").splitlines()]
+    # split at "\n" alone: str.splitlines() would also split at U+2028, U+0085 and others, which JSON leaves as they
+    # are inside strings (and the random model writes any character)
+    jsonl = downloaded(browser.downloads, "victorian-gpt-history.jsonl")
+    rows = [json.loads(line) for line in jsonl.removesuffix("\n").split("\n")]
     assert [as_shown(row["generated_text"]) for row in rows] == [first, second, third, fourth]
     assert [str(row["seed"]) for row in rows] == seeds
     assert all(row["prompt"] == PROMPT and row["stopped"] is False and row["do_sample"] is True for row in rows)

@@ -470,9 +470,11 @@ class Engine:
                 and generation.stop_criteria.matches(generation.ids[len(generation.input_ids) :]))
         )
         generation.finishing = last
+        if last:  # its slot is free before the client sees its last token (and may send its next request at once)
+            self._release(generation)
         generation.streamer.put(torch.tensor([token]))
         if last:
-            self._finish(generation, "finished")
+            generation._finished("finished")
         return last
 
     def _shift(self, rows: list[int]):
@@ -524,11 +526,15 @@ class Engine:
             layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[:, :, first:]
             layer.values = layer.values.index_select(0, index.to(layer.values.device))[:, :, first:]
 
-    def _finish(self, generation: BatchedGeneration, state: str):
+    def _release(self, generation: BatchedGeneration):
+        """Give back what `generation` held: its reserved cache tokens and its place among the requests in flight."""
         self._reserved -= generation.reserved
         generation.reserved = 0
         with self._cond:
             self._in_flight -= 1
+
+    def _finish(self, generation: BatchedGeneration, state: str):
+        self._release(generation)
         generation._finished(state)
 
     def _fail(self, generation: BatchedGeneration, error: BaseException):

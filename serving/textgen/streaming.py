@@ -230,6 +230,7 @@ class TokenStreamer(TextIteratorStreamer):
         self.prefix_offset = self.read_offset = 0
         self.first_token_at: float | None = None  # time.perf_counter() when the first token was handed over
         self.is_last = lambda token_id, count: False  # set by the owner, which knows the stopping rules
+        self.last_emitted = False  # the last token was handed over: its consumer may be done with the request
 
     def put(self, value: torch.Tensor):
         if value.dim() > 1:
@@ -245,6 +246,7 @@ class TokenStreamer(TextIteratorStreamer):
             top = self.chooser.top_tokens[step] if len(self.chooser.top_tokens) > step else ()
             self.token_ids.append(token_id)
             last = self.is_last(token_id, len(self.token_ids))
+            self.last_emitted = self.last_emitted or last
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
             top_tokens = [Token(i, self.tokenizer.decode([i]), max(lp, LOGPROB_FLOOR), i in self.special_ids)
