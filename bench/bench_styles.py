@@ -3,13 +3,14 @@ fine-tuning's defaults and the same budget each, then the matrix of bits per byt
 columns: each author's validation book -- and unedited continuations of one opening in each style.
 
     python bench/bench_styles.py                              # 10 minutes of training time per author
-    python bench/bench_styles.py --max-steps 600              # a token budget instead (a busy machine: same tokens)
+    python bench/bench_styles.py --max-steps 400              # a step budget instead (a busy machine: same tokens)
     python bench/bench_styles.py --skip-training              # the matrix and samples of adapters already trained
 
 Each adapter is the product's own command with only the flags a user would think of (`victorian-gpt train
 --model_name_or_path EXPORT --dataset AUTHOR --finetuning_type lora --lora_export adapter --max_train_minutes M`),
 plus the bench's housekeeping (bf16, no checkpoints, no samples, the PG19 sample's test split as `general_dataset`):
-everything else is fine-tuning's defaults (training/config.py FINETUNING_DEFAULTS). The matrix evaluates every model
+everything else is fine-tuning's defaults (training/config.py FINETUNING_DEFAULTS: among them 5 epochs, which end
+a small author's run before the budget, and half the blocks replayed from the data the base was trained on). The matrix evaluates every model
 on the first `--max-eval-blocks` blocks of each author's validation book in fp32 (an adapter merged into the base);
 the training runs' own before/after on the PG19 test split is the forgetting column.
 
