@@ -476,8 +476,8 @@ def endless_space(modern_tiny_export, tmp_path_factory):
 
 @pytest.mark.slow  # Chromium, and the Space in a server process
 def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless_space, browser):
-    """4,000 tokens from a model that reads 128 at once: Generate writes 2,000 (its context shifts as it goes), Continue
-    2,000 more from the whole text shown (read from its end, with a notice). Continue is Generate on the opening and
+    """2,000 tokens from a model that reads 128 at once: Generate writes 1,000 (its context shifts as it goes), Continue
+    1,000 more from the whole text shown (read from its end, with a notice). Continue is Generate on the opening and
     what was written, as the API shows."""
     from gradio_client import Client
     from selenium.common.exceptions import StaleElementReferenceException
@@ -492,9 +492,9 @@ def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless
     browser.find_element(By.CSS_SELECTOR, "#seed input").send_keys("7")
     length = browser.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=number]")
     length.clear()
-    length.send_keys("2000\n")
+    length.send_keys("1000\n")
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#max_new_tokens input[type=range]")
-               .get_attribute("value") == "2000")
+               .get_attribute("value") == "1000")
 
     def press(button: str, entries: int) -> tuple[str, list[str]]:
         """Click, collect the notices shown while the pass runs (a toast lasts seconds), return the text and them."""
@@ -519,7 +519,7 @@ def test_a_chapter_in_passes_generate_then_continue_far_past_the_context(endless
     assert any(re.search(r"The text is \d+ tokens; the model reads its last 127 and goes on from there", notice)
                for notice in notices), notices
     passes = [m for m in records(log) if m.group(2) == "finished"]
-    assert [(m.group(3), m.group(4)) for m in passes] == [("2000", "2000")] * 2  # 4,000 tokens written
+    assert [(m.group(3), m.group(4)) for m in passes] == [("1000", "1000")] * 2  # 2,000 tokens written
 
     # through the API: Continue from the first pass is that pass followed by Generate on everything shown
     client = Client(url, verbose=False)
