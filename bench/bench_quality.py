@@ -76,7 +76,7 @@ def train(recipe: str, config: Path, minutes: float, dataset: str, output: Path,
     command += ["-m", "training.train", "--config", str(config), "--dataset", dataset, "--output_dir", str(output),
                 "--overwrite_output_dir", "--max_train_minutes", str(minutes), "--max_steps", "1000000",
                 "--test_split", "none", "--report_to", "none", "--save_steps", "0"]
-    log = output.with_suffix(".log")
+    log = output.parent / f"{output.name}.log"  # not with_suffix: a recipe such as "modern+decay_ratio=0.5" has dots
     output.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{recipe}] training for {minutes:g} min: {' '.join(command)}\n[{recipe}] log: {log}", file=sys.stderr)
     start = time.time()
