@@ -11,7 +11,8 @@ from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_s
 from transformers.pytorch_utils import Conv1D
 
 from training.config import load_config
-from training.optim import MuonWithAdamW, build_optimizer, lr_factor, set_learning_rates, wsd_decay_steps
+from training.optim import (MuonWithAdamW, build_optimizer, lr_factor, muon_momentum, set_learning_rates,
+                            set_muon_momentum, wsd_decay_steps)
 
 
 def _reference_factors(scheduler_fn, steps: int) -> list[float]:
@@ -137,3 +138,37 @@ def test_bad_optimizer_and_schedule_names_are_errors():
             load_config(None, {key: value})
     with pytest.raises(ValueError, match="max_train_minutes"):
         load_config(None, {"max_train_minutes": "0"})
+
+
+def test_muon_momentum_warms_up_linearly_and_reaches_torch_muon_with_that_momentum():
+    config = load_config(None, {"optimizer": "muon", "muon_momentum_warmup_steps": 4, "muon_momentum_start": 0.85})
+    assert [muon_momentum(step, config) for step in range(6)] == pytest.approx([0.85, 0.875, 0.9, 0.925, 0.95, 0.95])
+    assert muon_momentum(0, load_config(None, {"optimizer": "muon"})) == 0.95  # no warm-up: the configured momentum
+    torch.manual_seed(0)
+    model, reference = _Tiny(linear=True), _Tiny(linear=True)
+    reference.load_state_dict(model.state_dict())
+    ours = build_optimizer(model, config)
+    set_muon_momentum(ours, 0.85)
+    assert {g["momentum"] for g in ours.muon.param_groups} == {0.85}
+    assert {g["betas"] for g in ours.adamw.param_groups} == {(0.9, 0.95)}  # AdamW's betas are not Muon's momentum
+    alone = build_optimizer(reference, load_config(None, {"optimizer": "muon", "muon_momentum": 0.85}))
+    control = _Tiny(linear=True)
+    control.load_state_dict(model.state_dict())
+    unchanged = build_optimizer(control, config)  # momentum 0.95: the setting must make a difference
+    ids = torch.randint(0, 16, (4, 6))
+    for _ in range(3):  # the momentum buffer carries the 0.85 from step to step
+        for opt, net in ((ours, model), (alone, reference), (unchanged, control)):
+            nn.functional.cross_entropy(net(ids).reshape(-1, 16), ids.roll(1, 1).reshape(-1)).backward()
+            opt.step()
+            opt.zero_grad()
+    hidden = "transformer.h.0.c_fc.weight"
+    torch.testing.assert_close(model.get_parameter(hidden), reference.get_parameter(hidden), rtol=0, atol=0)
+    assert not torch.allclose(model.get_parameter(hidden), control.get_parameter(hidden))
+
+
+def test_bad_muon_momentum_warmup_is_a_one_line_error():
+    with pytest.raises(ValueError, match="set optimizer: muon"):
+        load_config(None, {"muon_momentum_warmup_steps": 300})  # AdamW has no Muon momentum to warm up
+    for bad in ({"muon_momentum_warmup_steps": -1}, {"muon_momentum_start": 1.0}, {"muon_momentum": 1.5}):
+        with pytest.raises(ValueError, match="Muon's momentum needs"):
+            load_config(None, {"optimizer": "muon", **bad})

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.isolation import REPO_ROOT
 from helpers.training import launch_2, run, step_losses, tiny_args
@@ -96,7 +97,8 @@ def test_prepared_shards_with_muon_resume_exactly_on_two_processes(tmp_path, pg1
             "--save_steps", "4", "--eval_steps", "0", "--eval_on_start", "false", "--max_eval_samples", "8",
             "--num_samples", "0", "--model_overrides", "{resid_pdrop: 0.1}", "--optimizer", "muon",
             "--muon_learning_rate", "0.02", "--muon_adjust_lr_fn", "original",
-            "--lr_scheduler_type", "warmup_stable_decay", "--decay_ratio", "0.5"]
+            "--lr_scheduler_type", "warmup_stable_decay", "--decay_ratio", "0.5",
+            "--muon_momentum_warmup_steps", "6"]  # the resume at step 4 lands inside Muon's momentum warm-up
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run([*launch_2(), "-m", "training.train", *tiny_args(straight, pg19_tiny, *args)])
     shutil.copytree(straight, resumed)
@@ -110,3 +112,8 @@ def test_prepared_shards_with_muon_resume_exactly_on_two_processes(tmp_path, pg1
     assert summary["num_processes"] == 2
     lrs = [m["lr"] for m in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines()) if "lr" in m]
     assert lrs[0] < lrs[4] < lrs[5] == 3e-3 > lrs[6] > lrs[7]  # warm-up (5 steps), then decay (the last 3)
+    # the loop sets Muon's momentum each step: 0.85 -> 0.95 over 6 steps, so step 3 (the last before step_4) ran at 0.9
+    for saved, momentum in ((4, 0.9), (8, 0.95)):
+        state = torch.load(straight / "checkpoints" / f"step_{saved}" / "optimizer.bin", weights_only=False)
+        groups = state["muon"]["param_groups"]
+        assert groups and all(g["momentum"] == pytest.approx(momentum) for g in groups), groups

@@ -89,6 +89,8 @@ class TrainingConfig:
     muon_learning_rate: float | None = None  # None: learning_rate (what muon_adjust_lr_fn=match_rms_adamw is for)
     muon_weight_decay: float | None = None  # None: weight_decay
     muon_momentum: float = 0.95
+    muon_momentum_warmup_steps: int = 0  # Muon's momentum rises linearly from muon_momentum_start to muon_momentum
+    muon_momentum_start: float = 0.85  # over these first steps (modded-nanogpt: 0.85 -> 0.95 over 300)
     muon_ns_steps: int = 5  # Newton-Schulz iterations
     muon_adjust_lr_fn: str = "match_rms_adamw"  # or "original" (sqrt(max(1, out/in)) on the (out, in) orientation)
     adam_beta1: float = 0.9
@@ -224,6 +226,13 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
     for name in ("tokens_per_step", "micro_batch_size", "max_steps"):
         if getattr(config, name) <= 0:
             raise ValueError(f"config key {name!r} must be positive, got {getattr(config, name)}")
+    if config.muon_momentum_warmup_steps < 0 or not (0.0 <= config.muon_momentum_start < 1.0
+                                                     and 0.0 <= config.muon_momentum < 1.0):
+        raise ValueError("Muon's momentum needs muon_momentum_warmup_steps >= 0 and 0 <= muon_momentum_start, "
+                         f"muon_momentum < 1; got {config.muon_momentum_warmup_steps}, "
+                         f"{config.muon_momentum_start}, {config.muon_momentum}")
+    if config.muon_momentum_warmup_steps and config.optimizer != "muon":
+        raise ValueError("muon_momentum_warmup_steps warms up Muon's momentum; set optimizer: muon or leave it 0")
     if config.num_train_epochs is not None and config.num_train_epochs <= 0:
         raise ValueError(f"config key 'num_train_epochs' must be positive or null, got {config.num_train_epochs}")
     if config.max_train_minutes is not None and config.max_train_minutes <= 0:

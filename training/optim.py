@@ -75,6 +75,16 @@ def lr_factor(step: int, config: TrainingConfig, train_time_s: float | None = No
     return m + (1.0 - m) * _decay_shape((step - stable_end) / max(1, decay_steps), config.decay_type)
 
 
+def muon_momentum(step: int, config: TrainingConfig) -> float:
+    """Muon's momentum for optimizer step `step` (0-based): `muon_momentum_start` rising linearly to `muon_momentum`
+    over `muon_momentum_warmup_steps` (modded-nanogpt's warm-up), then `muon_momentum`. A pure function of the step,
+    so a resumed run continues it exactly."""
+    if step >= config.muon_momentum_warmup_steps:
+        return config.muon_momentum
+    fraction = step / config.muon_momentum_warmup_steps
+    return config.muon_momentum_start + (config.muon_momentum - config.muon_momentum_start) * fraction
+
+
 def wsd_decay_steps(config: TrainingConfig) -> int:
     """Steps of the decay phase of a step-based warm-up/stable/decay run (never eating into the warm-up)."""
     return min(round(config.decay_ratio * config.max_steps), max(0, config.max_steps - config.warmup_steps))
@@ -197,3 +207,11 @@ def build_optimizer(model, config: TrainingConfig, fused: bool = False) -> torch
 def set_learning_rates(optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
+
+
+def set_muon_momentum(optimizer, momentum: float) -> None:
+    """Set the momentum of Muon's groups (AdamW's betas stay as configured); `optimizer` may be accelerate's wrapper."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # AcceleratedOptimizer -> the optimizer it wraps
+    if isinstance(optimizer, MuonWithAdamW):
+        for group in optimizer.muon.param_groups:
+            group["momentum"] = momentum

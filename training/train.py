@@ -39,7 +39,7 @@ from .config import FIELDS, TrainingConfig, load_config, parse_overrides
 from .evaluate import eval_blocks, evaluate_blocks, lm_loss
 from .export import write_export
 from .hardware import memory_used
-from .optim import lr_factor, set_learning_rates
+from .optim import lr_factor, muon_momentum, set_learning_rates, set_muon_momentum
 from .session import Session, end_training, setup
 
 PROMPTS = [  # Victorian openings for the samples shown at each evaluation
@@ -119,6 +119,8 @@ def train_step(s: Session, interrupt: Interrupt) -> dict:
     step_start = time.time()
     factor = lr_factor(run["step"], s.config, s.clock)
     set_learning_rates(s.optimizer, factor)
+    if s.config.muon_momentum_warmup_steps:
+        set_muon_momentum(s.optimizer, muon_momentum(run["step"], s.config))
     loss_sum, books = torch.zeros((), device=device), -1
     for _ in range(s.accumulation):
         batch = next(s.batches)
