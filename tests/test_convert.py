@@ -17,15 +17,25 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from helpers.isolation import run_isolated
+from helpers.isolation import REPO_ROOT, run_isolated
+
+
+def _main_command_shape() -> tuple[str, dict, str]:
+    """The README main command's model, as its config names it: whatever the recipe adopts must still convert."""
+    config = yaml.safe_load((REPO_ROOT / "training" / "configs" / "pg19-sample-cpu.yaml").read_text())
+    return config["model_preset"], config.get("model_overrides") or {}, "Qwen3ForCausalLM"
+
 
 # shape name -> (preset, overrides, the native class it must become)
 SHAPES = {
     "qwen3": ("modern-tiny", {}, "Qwen3ForCausalLM"),
     "llama": ("modern-tiny", {"qk_norm": False}, "LlamaForCausalLM"),
     "gpt2": ("tiny", {}, "GPT2LMHeadModel"),
+    "main-command": _main_command_shape(),
 }
+GGUF_ARCH = {"Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}
 PROMPTS = ["It was the best of times, it was the worst of times,", "Call me"]
 
 
@@ -321,7 +331,7 @@ def test_gguf_f32_holds_our_tensors_and_llama_cpp_metadata(shape, exports, tmp_p
     reader = gguf.GGUFReader(out)
     fields = {name: field.contents() for name, field in reader.fields.items()}
     config = json.loads((export / "config.json").read_text())
-    arch = {"qwen3": "qwen3", "llama": "llama", "gpt2": "gpt2"}[shape]
+    arch = GGUF_ARCH[SHAPES[shape][2]]
     assert fields["general.architecture"] == arch and fields["general.file_type"] == 0  # ALL_F32
     assert fields[f"{arch}.block_count"] == config["n_layer"]
     assert fields[f"{arch}.context_length"] == config["n_positions"]
