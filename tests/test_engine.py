@@ -288,3 +288,29 @@ def test_int8_quantizes_conv1d_and_linear_layouts(preset, tiny_tokenizer_dir, tm
         assert drain(generation) == batched
     with pytest.raises(ValueError, match="unknown quantization"):
         textgen.load_model(str(folder), quantize="int4")
+
+
+def test_a_process_that_leaves_while_the_engine_computes_exits_cleanly(tiny_export, tmp_path):
+    """A caller that stops reading and exits (a script, a Space shutting down) while the engine thread and a
+    `generate()` thread are inside torch: both are stopped and joined at exit, not torn down mid-step (which aborts
+    the process with "terminate called without an active exception")."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from serving import textgen\n"
+        f"model, tokenizer = textgen.load_model({str(tiny_export)!r})\n"
+        "limits = textgen.Limits.for_model(model, tokenizer)\n"
+        "ids, params = textgen.prepare_request(tokenizer, 'It was', limits, max_new_tokens=100, ignore_eos=True)\n"
+        "engine = textgen.Engine(model, tokenizer, limits=limits)\n"
+        "generations = [engine.submit(list(ids), params) for _ in range(4)]\n"
+        "generations.append(textgen.Generation(model, tokenizer, list(ids), params))\n"
+        "for generation in generations:\n"
+        "    next(iter(generation))\n"
+        "print('left', engine.in_flight(), flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "VICTORIAN_GPT_DECODE_KERNELS": "0"})
+    assert result.stdout.startswith("left 4"), result.stderr[-2000:]  # it left with every engine request running
+    assert result.returncode == 0, result.stderr[-2000:]

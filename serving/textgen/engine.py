@@ -19,7 +19,7 @@ from .kv_cache import _cache_layers, _left_pad, _new_cache, _release_freed_memor
 from .lora import adapter_rows
 from .params import GenerationParameters, Limits, check_adapter, context_length
 from .prefix_cache import PrefixCache
-from .request import _eos_ids, _ids, _Request
+from .request import _eos_ids, _ids, _Request, close_at_exit
 from .streaming import STREAM_TIMEOUT_S, request_processors
 
 logger = logging.getLogger("victorian_gpt.serving")
@@ -147,6 +147,7 @@ class Engine:
         self.peak_batch_size = 0  # the most sequences decoded together so far
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
+        close_at_exit(self)
 
     # -- the callers' side
     def submit(self, input_ids: list[int], params: GenerationParameters, *, asynchronous: bool = False,

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import logging
 import queue
 import threading
 import time
+import weakref
 
 from .errors import GenerationError
 from .streaming import AsyncTokenStreamer, StopSequenceCriteria, Token, TokenChooser, TokenStreamer
@@ -19,6 +21,22 @@ logger = logging.getLogger("victorian_gpt.serving")
 _ids = itertools.count(1)
 _active: set = set()
 _active_lock = threading.Lock()
+
+
+_workers: weakref.WeakSet = weakref.WeakSet()  # what computes in a background thread: engines, generate() threads
+
+
+def close_at_exit(worker):
+    """Have `worker.close()` run when the interpreter exits. A daemon thread still inside torch when Python finalises
+    is stopped as it takes the GIL back, in C++ that may not unwind, and the process aborts ("terminate called without
+    an active exception"); `atexit` runs while such threads still run, so each is stopped and joined there."""
+    _workers.add(worker)
+
+
+@atexit.register
+def _close_workers():
+    for worker in list(_workers):
+        worker.close()
 
 
 def active_generations() -> int:

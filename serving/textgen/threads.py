@@ -12,7 +12,7 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from .lora import use_adapter
 from .params import GenerationParameters, Limits, check_adapter, prepare_request
-from .request import _eos_ids, _ids, _Request
+from .request import _eos_ids, _ids, _Request, close_at_exit
 from .streaming import STREAM_TIMEOUT_S, CancelCriteria, request_processors
 
 logger = logging.getLogger("victorian_gpt.serving")
@@ -47,6 +47,7 @@ class Generation(_Request):
         )
         self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self.thread.start()
+        close_at_exit(self)
 
     def _generate_kwargs(self) -> dict:
         p, model = self.params, self.model
