@@ -34,6 +34,10 @@ SHAPES = {
     "llama": ("modern-tiny", {"qk_norm": False}, "LlamaForCausalLM"),
     "gpt2": ("tiny", {}, "GPT2LMHeadModel"),
     "main-command": _main_command_shape(),
+    # another attention scale folds into the queries: the QK-norm's weight, Llama's q_proj, GPT-2's c_attn
+    "qwen3-attention-multiplier": ("modern-tiny", {"attention_multiplier": 0.2}, "Qwen3ForCausalLM"),
+    "llama-attention-multiplier": ("modern-tiny", {"qk_norm": False, "attention_multiplier": 0.2}, "LlamaForCausalLM"),
+    "gpt2-attention-multiplier": ("tiny", {"attention_multiplier": 0.2}, "GPT2LMHeadModel"),
 }
 GGUF_ARCH = {"Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}
 PROMPTS = ["It was the best of times, it was the worst of times,", "Call me"]
@@ -289,6 +293,9 @@ def _expected_gguf(export: Path, shape: str) -> dict[str, torch.Tensor]:
     config = json.loads((export / "config.json").read_text())
     ours = load_file(export / "model.safetensors")
     C, L, H = config["n_embd"], config["n_layer"], config["n_head"]
+    kind = GGUF_ARCH[SHAPES[shape][2]]
+    # llama.cpp scales attention by 1/sqrt(head size): another scale is a factor on the queries
+    factor = 1.0 if config.get("attention_multiplier") is None else config["attention_multiplier"] * (C // H) ** 0.5
     expected = {"token_embd.weight": ours["transformer.wte.weight"], "output_norm.weight": ours["transformer.ln_f.weight"]}
     if not config["tie_word_embeddings"]:
         expected["output.weight"] = ours["lm_head.weight"]
@@ -296,7 +303,7 @@ def _expected_gguf(export: Path, shape: str) -> dict[str, torch.Tensor]:
         h = lambda name: ours[f"transformer.h.{i}.{name}"]  # noqa: E731
         b = f"blk.{i}."
         expected[b + "attn_norm.weight"], expected[b + "ffn_norm.weight"] = h("ln_1.weight"), h("ln_2.weight")
-        if shape == "gpt2":  # Conv1D (in, out) -> (out, in)
+        if kind == "gpt2":  # Conv1D (in, out) -> (out, in)
             expected["position_embd.weight"] = ours["transformer.wpe.weight"]
             expected["output_norm.bias"] = ours["transformer.ln_f.bias"]
             for src, dst in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")):
@@ -304,12 +311,17 @@ def _expected_gguf(export: Path, shape: str) -> dict[str, torch.Tensor]:
             for src, dst in (("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"), ("mlp.c_fc", "ffn_up"),
                              ("mlp.c_proj", "ffn_down")):
                 expected[b + dst + ".weight"], expected[b + dst + ".bias"] = h(src + ".weight").T, h(src + ".bias")
+            qkv_weight, qkv_bias = expected[b + "attn_qkv.weight"].clone(), expected[b + "attn_qkv.bias"].clone()
+            qkv_weight[:C] *= factor
+            qkv_bias[:C] *= factor
+            expected[b + "attn_qkv.weight"], expected[b + "attn_qkv.bias"] = qkv_weight, qkv_bias
             continue
         q, k, v = h("attn.c_attn.weight").split(C)
-        if shape == "llama":
-            q, k = _permute(q, H), _permute(k, H)
+        if kind == "llama":
+            q, k = _permute(q * factor, H), _permute(k, H)
         else:
-            expected[b + "attn_q_norm.weight"], expected[b + "attn_k_norm.weight"] = h("attn.q_norm.weight"), h("attn.k_norm.weight")
+            expected[b + "attn_q_norm.weight"] = h("attn.q_norm.weight") * factor
+            expected[b + "attn_k_norm.weight"] = h("attn.k_norm.weight")
         expected[b + "attn_q.weight"], expected[b + "attn_k.weight"], expected[b + "attn_v.weight"] = q, k, v
         expected[b + "attn_output.weight"] = h("attn.c_proj.weight")
         gate, up = h("mlp.c_fc.weight").chunk(2)
@@ -337,9 +349,9 @@ def test_gguf_f32_holds_our_tensors_and_llama_cpp_metadata(shape, exports, tmp_p
     assert fields[f"{arch}.context_length"] == config["n_positions"]
     assert fields[f"{arch}.embedding_length"] == config["n_embd"]
     assert fields[f"{arch}.attention.head_count"] == config["n_head"]
-    inner = 4 * config["n_embd"] if shape == "gpt2" else fields[f"{arch}.feed_forward_length"]
+    inner = 4 * config["n_embd"] if arch == "gpt2" else fields[f"{arch}.feed_forward_length"]
     assert fields[f"{arch}.feed_forward_length"] == inner
-    if shape == "gpt2":
+    if arch == "gpt2":
         assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(config["layer_norm_epsilon"])
     else:
         assert fields[f"{arch}.rope.freq_base"] == config["rope_theta"]

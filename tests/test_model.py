@@ -32,6 +32,7 @@ VARIANTS = {
     "zero_init_residual": dict(zero_init_residual=True),
     "softcap": dict(final_logit_softcapping=2.0),
     "modern": MODERN,
+    "attention_multiplier": {**MODERN, "attention_multiplier": 0.3},
 }
 variants = pytest.mark.parametrize("variant", list(VARIANTS))
 
@@ -290,11 +291,28 @@ def test_sequence_longer_than_context_is_refused():
         (dict(position_embedding_type="rope", rope_theta=0), "rope_theta"),
         (dict(n_embd=36, n_head=4, position_embedding_type="rope"), "even head size"),
         (dict(final_logit_softcapping=-1.0), "final_logit_softcapping"),
+        (dict(attention_multiplier=0.0), "`attention_multiplier` must be > 0 or None"),
+        (dict(attention_multiplier="1/8"), "`attention_multiplier` must be > 0 or None"),
     ],
 )
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         VictorianGPTConfig(**overrides)
+
+
+def test_attention_multiplier_scales_the_logits_as_the_query_norm_would():
+    """`attention_multiplier` m is softmax(q k^T m): the default scale with the QK-norm's query weight times
+    m * sqrt(head size), which is how a converted model carries it. And it is not the default."""
+    scaled = make_model(variant="attention_multiplier")
+    plain = make_model(variant="modern")
+    plain.load_state_dict(scaled.state_dict())
+    ids = random_ids(2, 16)
+    with torch.no_grad():
+        before = plain(ids).logits
+        for block in plain.transformer.h:
+            block.attn.q_norm.weight.mul_(0.3 * (64 // 4) ** 0.5)
+        torch.testing.assert_close(plain(ids).logits, scaled(ids).logits, rtol=0, atol=1e-5)
+        assert (before - scaled(ids).logits).abs().max() > 1e-3
 
 
 def test_presets_and_attribute_map():

@@ -73,6 +73,9 @@ class VictorianGPTConfig(PretrainedConfig):
             `rope_theta` is its base).
         norm_type: `"layernorm"` (GPT-2) or `"rmsnorm"` (Llama): the norm before each block branch and at the end.
         qk_norm: RMS-normalise queries and keys per head before attention (as in Qwen3 and OLMo 2).
+        attention_multiplier: the scale of the attention logits, softmax(q k^T * attention_multiplier); None is
+            1 / sqrt(head size). Another scale folds into the query weights (the QK-norm's, or the query projection's)
+            when the model converts to a native class, which all scale by 1 / sqrt(head size).
         attention_bias / mlp_bias: biases in the attention and MLP projections (`weight_layout="conv1d"` always has
             them).
         weight_layout: `"conv1d"` (GPT-2's `Conv1D`, weights stored (in, out)) or `"linear"` (`nn.Linear`, weights
@@ -110,6 +113,7 @@ class VictorianGPTConfig(PretrainedConfig):
         rope_theta=10000.0,
         norm_type="layernorm",
         qk_norm=False,
+        attention_multiplier=None,
         attention_bias=True,
         mlp_bias=True,
         weight_layout="conv1d",
@@ -140,6 +144,7 @@ class VictorianGPTConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.norm_type = norm_type
         self.qk_norm = qk_norm
+        self.attention_multiplier = attention_multiplier
         self.attention_bias = attention_bias
         self.mlp_bias = mlp_bias
         self.weight_layout = weight_layout
@@ -206,6 +211,9 @@ class VictorianGPTConfig(PretrainedConfig):
                 f"VictorianGPTConfig: rotary positions need an even head size (n_embd / n_head = "
                 f"{self.n_embd / self.n_head:g}) and rope_theta > 0 (got {self.rope_theta!r})"
             )
+        scale = self.attention_multiplier
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(f"VictorianGPTConfig: `attention_multiplier` must be > 0 or None, got {scale!r}")
         cap = self.final_logit_softcapping
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise ValueError(f"VictorianGPTConfig: `final_logit_softcapping` must be > 0 or None, got {cap!r}")

@@ -194,7 +194,8 @@ class VictorianGPTAttention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.num_key_value_groups = 1  # what transformers' attention functions read: no grouped-query attention
-        self.scaling = self.head_dim**-0.5
+        # 1/sqrt(D) unless the config names another scale (with QK-norm the logits are bounded by D times the scale)
+        self.scaling = config.attention_multiplier if config.attention_multiplier is not None else self.head_dim**-0.5
         self.is_causal = True
         self.attn_pdrop = config.attn_pdrop
         self.c_attn = _projection(config, config.n_embd, 3 * config.n_embd, config.attention_bias)

@@ -213,7 +213,34 @@ def native_tensors(export: Export, architecture: str) -> dict[str, torch.Tensor]
             out["lm_head.weight"] = ours["lm_head.weight"]
     if config.tie_word_embeddings:
         out.pop("lm_head.weight", None)
+    _fold_attention_scale(out, config, architecture)
     return {name: tensor.contiguous().clone() for name, tensor in out.items()}
+
+
+def _fold_attention_scale(out: dict[str, torch.Tensor], config: VictorianGPTConfig, architecture: str) -> None:
+    """The native classes scale attention logits by 1/sqrt(head size); another `attention_multiplier` becomes a factor
+    on the queries, which are linear in the weights it goes into: the QK-norm's weight (Qwen3), else the query
+    projection's weight and bias (Llama; GPT-2's first third of `c_attn`, stored (in, out)). Computed in float32."""
+    if config.attention_multiplier is None:
+        return
+    factor = config.attention_multiplier * (config.n_embd // config.n_head) ** 0.5
+    C = config.n_embd
+
+    def scaled(tensor: torch.Tensor) -> torch.Tensor:
+        return (tensor.float() * factor).to(tensor.dtype)
+
+    for i in range(config.n_layer):
+        if architecture == "GPT2LMHeadModel":
+            weight, bias = f"transformer.h.{i}.attn.c_attn.weight", f"transformer.h.{i}.attn.c_attn.bias"
+            out[weight] = torch.cat((scaled(out[weight][:, :C]), out[weight][:, C:]), dim=1)
+            out[bias] = torch.cat((scaled(out[bias][:C]), out[bias][C:]))
+        elif config.qk_norm:
+            out[f"model.layers.{i}.self_attn.q_norm.weight"] = scaled(out[f"model.layers.{i}.self_attn.q_norm.weight"])
+        else:
+            for kind in ("weight", "bias"):
+                name = f"model.layers.{i}.self_attn.q_proj.{kind}"
+                if name in out:
+                    out[name] = scaled(out[name])
 
 
 # --------------------------------------------------------------------------------------------------- writing
