@@ -144,7 +144,7 @@ def test_attention_takes_each_row_of_a_decode_step_over_its_own_keys():
 
 def test_float32_linear_is_the_layer_it_replaces():
     """`Float32Linear` computes what the `nn.Linear` / GPT-2 `Conv1D` it replaces computes: a prompt through PyTorch's
-    GEMM (the same bits as `nn.Linear`; `Conv1D` stores its weight transposed, and on some CPUs, AMD Zen 4 among them,
+    GEMM (the same bits as `nn.Linear`; `Conv1D` stores its weight transposed, and on some CPUs, AMD Zen 5 among them,
     the GEMM sums in another order for the other layout), a decode step's rows through the kernel (float32 rounding
     apart)."""
     from transformers.pytorch_utils import Conv1D
