@@ -148,7 +148,8 @@ def test_native_folder_matches_ours_without_remote_code(shape, exports, natives)
     ours = _ours(export)
     assert torch.equal(theirs["input_ids"], ours["input_ids"]), "the tokenizer must encode as ours does"
     assert ours["logits"].abs().max() > 1.0, "a test on near-zero logits would prove nothing"
-    assert (theirs["logits"] - ours["logits"]).abs().max().item() <= 1e-5
+    # float32 rounding, relative to the logits' size (a folded attention scale rounds differently, by ~1e-6 relative)
+    assert (theirs["logits"] - ours["logits"]).abs().max().item() <= 1e-5 * ours["logits"].abs().max().item()
     assert torch.equal(theirs["greedy"], ours["greedy"])
     assert torch.equal(theirs["padded"], ours["padded"]), "generate() on a left-padded batch: the same tokens"
 
